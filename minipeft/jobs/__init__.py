@@ -1,0 +1,1 @@
+"""User-facing jobs behind the ``minipeft`` command: pretrain, fine-tune, merge, quickstart."""

@@ -1,0 +1,171 @@
+"""Autoregressive decoding: ``model.generate(...)``, greedy or sampled, with a KV cache.
+
+Each step feeds only the newest token and the cache of keys/values of everything before it,
+so a step costs O(T) attention instead of re-running the whole sequence (``use_cache=False``
+re-runs it; both give the same tokens, which the tests check).
+
+Sampling follows transformers' logits processors, in its order::
+
+    logits / temperature  →  top-k: keep logits ≥ the k-th largest
+                          →  top-p: keep the smallest set of most likely tokens whose
+                             probabilities sum to ≥ p (at least one token)
+    →  softmax  →  one draw per row (inverse CDF of a uniform sample)
+
+Token choice is a discrete, no-gradient step, so it works on raw arrays (``xp_of``), on either
+device. Shapes: B batch, T prompt length, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..autograd import no_grad
+from ..backend import get_rng, xp_of
+from ..tensor import Tensor, int64
+
+__all__ = ["GenerationMixin", "top_k_filter", "top_p_filter"]
+
+
+def _neg_inf(xp: Any, dtype: Any) -> Any:
+    return xp.asarray(-xp.inf, dtype=dtype)
+
+
+def top_k_filter(logits: Tensor, k: int) -> Tensor:
+    """Set every logit below the k-th largest of its row (B, V) to -inf (ties are kept)."""
+    if not isinstance(k, int) or k <= 0:
+        raise ValueError(f"top_k: expected a positive int, found {k!r}")
+    x = logits.data
+    xp = xp_of(x)
+    k = min(k, x.shape[-1])
+    kth = xp.sort(x, axis=-1)[..., -k][..., None]  # (B, 1): the k-th largest
+    return Tensor(xp.where(x < kth, _neg_inf(xp, x.dtype), x))
+
+
+def top_p_filter(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filtering (Holtzman et al. 2020) exactly as transformers' TopPLogitsWarper.
+
+    Sort ascending, take cumulative softmax probabilities, drop the tokens whose cumulative
+    probability is ≤ 1 - p (the unlikely tail), always keep the most likely token.
+    """
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"top_p: expected a probability in (0, 1], found {p!r}")
+    x = logits.data
+    xp = xp_of(x)
+    order = xp.argsort(x, axis=-1)  # ascending
+    s = xp.take_along_axis(x, order, axis=-1)
+    e = xp.exp(s - s[..., -1:])  # softmax of the sorted row, stably
+    cum = xp.cumsum(e / e.sum(-1, keepdims=True), axis=-1)
+    drop_sorted = cum <= 1.0 - p
+    drop_sorted[..., -1] = False  # min_tokens_to_keep = 1
+    drop = xp.take_along_axis(drop_sorted, xp.argsort(order, axis=-1), axis=-1)  # unsort
+    return Tensor(xp.where(drop, _neg_inf(xp, x.dtype), x))
+
+
+def _sample(logits: Any, rng: Any) -> Any:
+    """One token per row from softmax(logits) (B, V), by the inverse CDF of u ~ U[0, 1)."""
+    xp = xp_of(logits)
+    e = xp.exp(logits - logits.max(-1, keepdims=True))
+    cdf = xp.cumsum(e / e.sum(-1, keepdims=True), axis=-1)
+    u = rng.random((logits.shape[0], 1)).astype(cdf.dtype)
+    idx = (cdf <= u).sum(-1)  # the first index whose CDF exceeds u
+    # If rounding leaves the CDF's end below u, fall back to the last token still allowed.
+    allowed = e > 0
+    last = allowed.shape[-1] - 1 - xp.argmax(allowed[..., ::-1], axis=-1)
+    return xp.minimum(idx, last)
+
+
+class GenerationMixin:
+    """``generate`` for any causal LM whose ``forward`` takes the minipeft keyword arguments."""
+
+    def generate(
+        self,
+        input_ids: Any,
+        max_new_tokens: int = 20,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | list[int] | None = None,
+        seed: int | None = None,
+        attention_mask: Any = None,
+        pad_token_id: int | None = None,
+        use_cache: bool = True,
+    ) -> Tensor:
+        """Continue each row of ``input_ids`` (B, T) by up to ``max_new_tokens`` tokens.
+
+        Greedy (argmax) unless ``do_sample``. A row that emits one of ``eos_token_id`` stops and
+        is filled with ``pad_token_id`` (default: config.pad_token_id, else the first eos id,
+        else 0); decoding ends when every row stopped. ``eos_token_id=None`` never stops early.
+        ``attention_mask`` (B, T) marks left padding of the prompt; positions then count real
+        tokens only (HF's ``cumsum(mask) - 1``). ``seed`` fixes the sampling generator (else the
+        device's global one). Runs under ``no_grad``; returns ids (B, T + new) int64.
+        """
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens: expected an int >= 0, found {max_new_tokens!r}")
+        if do_sample and not temperature > 0:
+            raise ValueError(f"temperature: expected a positive number, found {temperature!r}")
+        device = self.get_input_embeddings().weight.device
+        ids = input_ids if isinstance(input_ids, Tensor) else Tensor(input_ids, device=device)
+        ids = ids.to(device).to(int64)
+        if ids.ndim != 2:
+            raise ValueError(f"input_ids: expected shape (batch, seq_len), found {ids.shape}")
+        xp = xp_of(ids.data)
+        B, T = ids.shape
+        if attention_mask is None:
+            mask = xp.ones((B, T), dtype=ids.dtype)
+        else:
+            mask = Tensor(attention_mask, device=device).data.astype(ids.dtype)
+            if mask.shape != (B, T):
+                raise ValueError(f"attention_mask: expected shape {(B, T)}, found {mask.shape}")
+        eos = [] if eos_token_id is None else (
+            [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        )  # fmt: skip
+        if pad_token_id is None:
+            pad_token_id = getattr(self.config, "pad_token_id", None)
+        if pad_token_id is None:
+            pad_token_id = eos[0] if eos else 0
+        rng = get_rng(device, seed) if seed is not None else get_rng(device)
+        seq = ids.data
+        alive = xp.ones(B, dtype=bool)
+        past = None
+        with no_grad():
+            for _ in range(max_new_tokens):
+                positions = xp.cumsum(mask, axis=-1) - 1
+                positions = xp.where(mask == 0, 1, positions)  # HF: any valid id at padding
+                if use_cache and past is not None:
+                    feed, pos = seq[:, -1:], positions[:, -1:]
+                else:
+                    feed, pos = seq, positions
+                out = self(
+                    input_ids=Tensor(feed),
+                    attention_mask=Tensor(mask),
+                    past_key_values=past,
+                    use_cache=use_cache,
+                    position_ids=Tensor(pos),
+                )
+                past = out.past_key_values if use_cache else None
+                logits = out.logits[:, -1, :]  # (B, V): the next-token distribution
+                nxt = self._choose(logits, do_sample, temperature, top_k, top_p, rng)
+                nxt = xp.where(alive, nxt, pad_token_id).astype(seq.dtype)
+                seq = xp.concatenate([seq, nxt[:, None]], axis=1)
+                mask = xp.concatenate([mask, xp.ones((B, 1), dtype=mask.dtype)], axis=1)
+                for e in eos:
+                    alive &= nxt != e
+                if eos and not bool(alive.any()):
+                    break
+        return Tensor(seq)
+
+    @staticmethod
+    def _choose(
+        logits: Tensor, do_sample: bool, temperature: float, top_k: Any, top_p: Any, rng: Any
+    ) -> Any:
+        """The next token of each row: argmax, or a draw from the filtered distribution."""
+        if not do_sample:
+            return xp_of(logits.data).argmax(logits.data, axis=-1)
+        if temperature != 1.0:
+            logits = logits / temperature
+        if top_k is not None:
+            logits = top_k_filter(logits, top_k)
+        if top_p is not None and top_p < 1.0:
+            logits = top_p_filter(logits, top_p)
+        return _sample(logits.data, rng)

@@ -1,0 +1,1 @@
+"""Primitive differentiable ops (Function classes), grouped by kind, and their Tensor API."""

@@ -1,0 +1,348 @@
+"""One training loop for pretraining and every PEFT method.
+
+    trainer = Trainer(model, TrainConfig(max_steps=300, lr=3e-3), train_data, eval_data)
+    result = trainer.train()
+
+What it does each optimizer step (``grad_accum_steps`` micro-batches):
+
+1. forward each micro-batch, ``loss / grad_accum_steps`` backward (gradients add up);
+2. clip the global gradient norm (``grad_clip``), step AdamW, step the LR schedule
+   (linear warmup, then cosine or linear decay);
+3. run callbacks' ``on_optimizer_step`` (gradients still present: AdaLoRA's rank allocation
+   reads them), then zero the gradients;
+4. every ``eval_every`` steps evaluate, log a JSON line, and save a checkpoint.
+
+The optimizer only sees parameters that require grad, so a PEFT model trains (and stores
+optimizer state for) its adapter alone. Checkpoints are atomic safetensors + JSON files, and
+``resume=True`` continues bit-for-bit: the data stream is a pure function of (seed, step).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .autograd import no_grad
+from .backend import get_rng, manual_seed, to_numpy
+from .creation import tensor
+from .nn import Module
+from .optim import AdamW, clip_grad_norm_, flatten_state_dict, get_schedule, unflatten_state_dict
+
+__all__ = ["TrainConfig", "Trainer", "TrainResult", "Callback", "evaluate", "to_device_batch"]
+
+Batch = dict[str, Any]
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :class:`Trainer` (validated; errors name the field)."""
+
+    max_steps: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # "cosine" | "linear" | "constant"
+    grad_clip: float | None = 1.0
+    grad_accum_steps: int = 1
+    eval_every: int = 0  # 0: only at the end
+    eval_batches: int | None = None  # cap on batches per evaluation
+    log_every: int = 10
+    output_dir: str | None = None  # metrics.jsonl and checkpoints go here
+    save_every: int = 0  # 0: only at the end (when output_dir is set)
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "max_steps": self.max_steps >= 1,
+            "lr": self.lr > 0 and math.isfinite(self.lr),
+            "weight_decay": self.weight_decay >= 0,
+            "warmup_steps": 0 <= self.warmup_steps <= self.max_steps,
+            "grad_accum_steps": self.grad_accum_steps >= 1,
+            "eval_every": self.eval_every >= 0,
+            "save_every": self.save_every >= 0,
+            "log_every": self.log_every >= 1,
+            "schedule": self.schedule in ("cosine", "linear", "constant"),
+            "grad_clip": self.grad_clip is None or self.grad_clip > 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"TrainConfig.{name}: invalid value {getattr(self, name)!r}")
+
+
+class Callback:
+    """Hooks into the loop; override what you need (all are no-ops here)."""
+
+    def on_train_begin(self, trainer: Trainer) -> None: ...
+
+    def on_optimizer_step(self, trainer: Trainer, step: int) -> None:
+        """After ``optimizer.step()``, before the gradients are zeroed."""
+
+    def on_log(self, trainer: Trainer, logs: dict[str, Any]) -> None: ...
+
+    def on_train_end(self, trainer: Trainer) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: final step, final metrics, the log history, wall time."""
+
+    step: int
+    metrics: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    tokens: int = 0
+
+
+def to_device_batch(batch: Batch, device: str) -> Batch:
+    """NumPy arrays → Tensors on ``device`` (integer ids stay int64)."""
+    return {k: tensor(v, device=device) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+
+
+def _count_tokens(batch: Batch) -> int:
+    """Real (non-padding) tokens in a batch of NumPy arrays."""
+    if "attention_mask" in batch:
+        return int(np.asarray(batch["attention_mask"]).sum())
+    ids = batch.get("input_ids")
+    return int(np.prod(ids.shape)) if ids is not None else 0
+
+
+def evaluate(model: Module, batches: Iterable[Batch], device: str = "cpu",
+             max_batches: int | None = None) -> dict[str, float]:  # fmt: skip
+    """Mean loss (token-weighted for LM batches) and, for classifiers, accuracy; under no_grad."""
+    was_training = model.training
+    model.eval()
+    total, weight, correct, seen = 0.0, 0, 0, 0
+    with no_grad():
+        for i, batch in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
+            out = model(**to_device_batch(batch, device))
+            n = _count_tokens(batch) or 1
+            total += float(out.loss.item()) * n
+            weight += n
+            labels = batch.get("labels")
+            if labels is not None and np.asarray(labels).ndim == 1:  # sequence classification
+                pred = to_numpy(out.logits.data).argmax(-1)
+                correct += int((pred == np.asarray(labels)).sum())
+                seen += len(labels)
+    model.train(was_training)
+    if weight == 0:
+        raise ValueError("evaluate: the evaluation data yielded no batches")
+    metrics = {"loss": total / weight}
+    metrics["perplexity"] = float(math.exp(min(metrics["loss"], 50.0)))
+    if seen:
+        metrics["accuracy"] = correct / seen
+    return metrics
+
+
+class Trainer:
+    """Runs :class:`TrainConfig` on a model.
+
+    ``train_data`` is a callable ``(seed: int, epoch: int) -> iterator of batches`` (a fresh,
+    deterministic pass over the data) or a re-iterable; ``eval_data`` likewise, or None.
+    Batches are dicts of NumPy arrays passed to ``model(**batch)``, whose output has ``.loss``.
+    """
+
+    def __init__(
+        self,
+        model: Module,
+        config: TrainConfig,
+        train_data: Callable[[int, int], Iterator[Batch]] | Iterable[Batch],
+        eval_data: Callable[[int, int], Iterator[Batch]] | Iterable[Batch] | None = None,
+        callbacks: Iterable[Callback] = (),
+        optimizer: Any = None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.train_data = train_data
+        self.eval_data = eval_data
+        self.callbacks = list(callbacks)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("Trainer: the model has no parameter with requires_grad=True")
+        self.optimizer = optimizer or AdamW(
+            self.params, lr=config.lr, betas=config.betas, eps=config.eps,
+            weight_decay=config.weight_decay,
+        )  # fmt: skip
+        self.scheduler = get_schedule(
+            config.schedule, self.optimizer, config.warmup_steps, config.max_steps
+        )
+        self.step = 0
+        self.tokens = 0
+        self.history: list[dict[str, Any]] = []
+        self._epoch = 0
+        self._consumed = 0  # batches consumed in the current epoch (for exact resume)
+
+    # ------------------------------------------------------------------ data
+    def _epoch_iter(self, epoch: int) -> Iterator[Batch]:
+        data = self.train_data
+        it = data(self.config.seed, epoch) if callable(data) else iter(data)
+        return iter(it)
+
+    def _batches(self) -> Iterator[Batch]:
+        """An endless stream: epoch after epoch, resuming mid-epoch after a checkpoint."""
+        skip = self._consumed
+        while True:
+            it = self._epoch_iter(self._epoch)
+            got = False
+            for batch in it:
+                got = True
+                if skip:
+                    skip -= 1
+                    continue
+                self._consumed += 1
+                yield batch
+            if not got:
+                raise ValueError("Trainer: the training data yielded no batches")
+            self._epoch += 1
+            self._consumed = 0
+
+    def _eval_iter(self) -> Iterable[Batch] | None:
+        data = self.eval_data
+        if data is None:
+            return None
+        return data(self.config.seed, 0) if callable(data) else data
+
+    # ------------------------------------------------------------------ loop
+    def train(self, resume: bool = False) -> TrainResult:
+        cfg = self.config
+        manual_seed(cfg.seed)
+        if resume:
+            self.load_checkpoint()
+        out_dir = Path(cfg.output_dir) if cfg.output_dir else None
+        if out_dir:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        self.model.train()
+        stream = self._batches()
+        bar = _progress(cfg.max_steps, self.step, cfg.progress)
+        start, run_tokens, metrics = time.perf_counter(), 0, {}
+        while self.step < cfg.max_steps:
+            loss_sum = 0.0
+            for _ in range(cfg.grad_accum_steps):
+                batch = next(stream)
+                out = self.model(**to_device_batch(batch, cfg.device))
+                loss = out.loss
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"loss became {loss.item()} at step {self.step + 1}")
+                (loss / cfg.grad_accum_steps).backward()
+                loss_sum += loss.item() / cfg.grad_accum_steps
+                n = _count_tokens(batch)
+                self.tokens += n
+                run_tokens += n
+            grad_norm = clip_grad_norm_(self.params, cfg.grad_clip) if cfg.grad_clip else None
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            for cb in self.callbacks:
+                cb.on_optimizer_step(self, self.step)
+            self.optimizer.zero_grad()
+            elapsed = time.perf_counter() - start
+            logs: dict[str, Any] = {"step": self.step, "loss": round(loss_sum, 6),
+                                    "lr": self.scheduler.get_last_lr()[0],
+                                    "tokens_per_s": round(run_tokens / max(elapsed, 1e-9), 1)}  # fmt: skip
+            if grad_norm is not None:
+                logs["grad_norm"] = round(float(grad_norm), 6)
+            last = self.step == cfg.max_steps
+            if self._eval_iter() is not None and (last or (cfg.eval_every and self.step % cfg.eval_every == 0)):
+                metrics = evaluate(self.model, self._eval_iter(), cfg.device, cfg.eval_batches)
+                self.model.train()
+                logs.update({f"eval_{k}": round(v, 6) for k, v in metrics.items()})
+            if last or self.step % cfg.log_every == 0 or "eval_loss" in logs:
+                self._log(logs, out_dir)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{logs['tokens_per_s']:.0f}")
+                bar.update(1)
+            if out_dir and (last or (cfg.save_every and self.step % cfg.save_every == 0)):
+                self.save_checkpoint(out_dir / "checkpoint")
+        if bar is not None:
+            bar.close()
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return TrainResult(self.step, metrics, self.history, time.perf_counter() - start, self.tokens)
+
+    def _log(self, logs: dict[str, Any], out_dir: Path | None) -> None:
+        self.history.append(logs)
+        for cb in self.callbacks:
+            cb.on_log(self, logs)
+        if out_dir:
+            with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(logs) + "\n")
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, folder: str | os.PathLike[str]) -> None:
+        """Trainable weights, optimizer state and loop state, each file written atomically."""
+        from .models.checkpoint import save_safetensors  # noqa: PLC0415
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        weights = {names[id(p)]: to_numpy(p.data) for p in self.params}
+        save_safetensors(folder / "trainable.safetensors", weights)
+        arrays, opt_meta = flatten_state_dict(self.optimizer.state_dict())
+        save_safetensors(folder / "optimizer.safetensors", arrays)
+        rng = get_rng(self.config.device)
+        state = {
+            "step": self.step, "tokens": self.tokens, "epoch": self._epoch,
+            "consumed": self._consumed, "optimizer": opt_meta,
+            "scheduler": self.scheduler.state_dict(), "config": asdict(self.config),
+            "rng": rng.bit_generator.state if self.config.device == "cpu" else None,
+        }  # fmt: skip
+        _write_json(folder / "trainer_state.json", state)
+
+    def load_checkpoint(self, folder: str | os.PathLike[str] | None = None) -> None:
+        """Restore what :meth:`save_checkpoint` wrote (default: ``output_dir/checkpoint``)."""
+        from .models.checkpoint import load_safetensors  # noqa: PLC0415
+
+        if folder is None:
+            if not self.config.output_dir:
+                raise ValueError("resume needs TrainConfig.output_dir (where checkpoints live)")
+            folder = Path(self.config.output_dir) / "checkpoint"
+        folder = Path(folder)
+        state_file = folder / "trainer_state.json"
+        if not state_file.is_file():
+            raise FileNotFoundError(f"no checkpoint to resume from: {state_file} does not exist")
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        weights = load_safetensors(folder / "trainable.safetensors")
+        params = dict(self.model.named_parameters())
+        names = [n for n, p in params.items() if p.requires_grad]
+        missing = sorted(set(names) - set(weights))
+        if missing:
+            raise ValueError(f"checkpoint {folder} lacks trainable weights: {missing[:5]}")
+        with no_grad():
+            for n in names:
+                params[n].data[...] = weights[n]
+        arrays = load_safetensors(folder / "optimizer.safetensors")
+        self.optimizer.load_state_dict(unflatten_state_dict(arrays, state["optimizer"]))
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.tokens = state["step"], state["tokens"]
+        self._epoch, self._consumed = state["epoch"], state["consumed"]
+        if state.get("rng") is not None:
+            get_rng(self.config.device).bit_generator.state = state["rng"]
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
