@@ -1,19 +1,30 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Lesson 1 — Tensors and automatic differentiation
 #
 # Training a network means nudging every weight against its gradient, ∂loss/∂weight. A model
 # has millions of weights, so we need the computer to find all those derivatives for us, exactly
-# and in about the time one forward pass takes. That is **reverse-mode automatic
+# and for a small multiple of the cost of one forward pass. That is **reverse-mode automatic
 # differentiation** (backpropagation), and it is the heart of minipeft.
 #
 # In this lesson you will:
 #
-# 1. differentiate a tiny formula **by hand**, one local derivative at a time;
-# 2. watch the engine (`requires_grad`, `backward`, `.grad`) produce the same numbers;
-# 3. see the graph it records and the order it walks it in;
-# 4. learn the rules that matter in practice: gradients **accumulate**, broadcasting turns into
+# 1. meet the `Tensor`;
+# 2. differentiate a tiny formula **by hand**, one local derivative at a time;
+# 3. watch the engine (`requires_grad`, `backward`, `.grad`) produce the same numbers;
+# 4. see the graph it records and the order it walks it in;
+# 5. learn the rules that matter in practice: gradients **accumulate**, broadcasting turns into
 #    **sums**, `no_grad` and `detach` cut the graph, and **frozen tensors cost nothing**;
-# 5. check gradients numerically with `mp.gradcheck`, and see why that needs float64.
+# 6. check gradients numerically with `mp.gradcheck`, and see why that needs float64.
 #
 # Every claim below is checked with `assert`, so if the engine ever breaks, this lesson fails.
 
@@ -26,7 +37,32 @@ import minipeft as mp
 from minipeft.autograd import iter_graph
 
 # %% [markdown]
-# ## 1. A scalar graph, worked by hand
+# ## 1. Tensors in one minute
+#
+# A `Tensor` wraps an n-dimensional array (`.data`, a NumPy array on the CPU) and adds what
+# differentiation needs. It looks like NumPy: `shape`, `dtype`, elementwise `+ - * /`, `@` for
+# matrix products, reductions with PyTorch's `dim=` / `keepdim=`. Python floats become
+# **float32** by default (as in PyTorch); integers stay integers.
+#
+# One rule is stricter than NumPy's: two *different float dtypes never mix silently*. Adding a
+# float32 and a float64 tensor raises, instead of quietly doubling memory or losing precision.
+
+# %%
+A = mp.tensor([[1.0, 2.0], [3.0, 4.0]])
+print(A.shape, A.dtype, type(A.data).__name__)
+print("A @ A =", (A @ A).tolist(), "  A.sum(dim=0) =", A.sum(dim=0).tolist())
+assert A.dtype == mp.float32 and mp.tensor([1, 2]).dtype == mp.int64
+assert np.array_equal((A @ A).numpy(), A.numpy() @ A.numpy())
+
+try:
+    A + A.to(mp.float64)
+except TypeError as err:
+    print("refused:", err)
+else:
+    raise AssertionError("float32 + float64 must raise")
+
+# %% [markdown]
+# ## 2. A scalar graph, worked by hand
 #
 # Take two numbers a = 2 and b = −3 and the formula
 #
@@ -60,7 +96,8 @@ print(f"c = {c},  d = {d},  e = {e:.6f},  f = {f:.6f}")
 #     ∂f/∂b = f̄_c · ∂c/∂b + f̄_d · ∂d/∂b = e·a + e               ← so is b
 #
 # Each adjoint is computed **once** and reused by everything upstream of it. That reuse is why
-# reverse mode costs about one extra forward pass, however many inputs there are.
+# reverse mode costs a small constant multiple of one forward pass, however many inputs there
+# are.
 
 # %%
 adj_d, adj_e = e, d
@@ -71,7 +108,7 @@ print(f"by hand:  df/da = {dfda:.6f}   df/db = {dfdb:.6f}")
 
 # %% [markdown]
 # Is that right? The definition of a derivative gives an independent check. The **central
-# difference** (f(a + ε) − f(a − ε)) / 2ε is accurate to O(ε²) (section 7 explains the error).
+# difference** (f(a + ε) − f(a − ε)) / 2ε is accurate to O(ε²) (section 8 explains the error).
 
 
 # %%
@@ -86,7 +123,7 @@ print(f"numeric:  df/da = {num_a:.6f}   df/db = {num_b:.6f}")
 assert abs(num_a - dfda) < 1e-8 and abs(num_b - dfdb) < 1e-8
 
 # %% [markdown]
-# ## 2. The same thing, done by the engine
+# ## 3. The same thing, done by the engine
 #
 # A `Tensor` holds an array in `.data`. Mark the inputs you want derivatives for with
 # `requires_grad=True`; every operation on them is then **recorded**. Calling `.backward()` on
@@ -119,7 +156,7 @@ assert math.isclose(float(td.grad), adj_d, rel_tol=1e-12)
 assert math.isclose(float(te.grad), adj_e, rel_tol=1e-12)
 
 # %% [markdown]
-# ## 3. The recorded graph, and the order backward walks it
+# ## 4. The recorded graph, and the order backward walks it
 #
 # Each op made a *node* that remembers which Function ran (`Mul`, `Tanh`, ...) and its input
 # tensors. `minipeft.autograd.iter_graph(t)` yields the nodes reachable from t; the first one is
@@ -175,7 +212,7 @@ assert ta.is_leaf and tb.is_leaf and not tf.is_leaf
 assert len(list(iter_graph(tf))) == 4  # Mul, Add, Tanh, Mul
 
 # %% [markdown]
-# ## 4. Gradients accumulate
+# ## 5. Gradients accumulate
 #
 # When a value feeds two places, the chain rule **adds** the two contributions — we saw it for a
 # and b above. The engine implements this by *accumulating*: `.grad` is summed into, never
@@ -212,7 +249,7 @@ x.grad = None  # what zero_grad() does
 assert np.allclose(x.grad, 2 * x.numpy())
 
 # %% [markdown]
-# ## 5. Broadcasting becomes a sum
+# ## 6. Broadcasting becomes a sum
 #
 # Like NumPy, binary ops **broadcast**: shapes are aligned from the right and size-1 (or
 # missing) axes are stretched. Adding a bias b of shape (C,) to a batch X of shape (N, C) uses
@@ -244,7 +281,7 @@ print("col.grad:", col.grad.ravel(), " row.grad:", row.grad.ravel())
 assert np.all(col.grad == 4) and np.all(row.grad == 3)
 
 # %% [markdown]
-# ## 6. Cutting the graph: `no_grad`, `detach`, and frozen tensors
+# ## 7. Cutting the graph: `no_grad`, `detach`, and frozen tensors
 #
 # * Inside `with mp.no_grad():` nothing is recorded. Use it for evaluation and for updating
 #   weights: it saves the memory that saved arrays would take.
@@ -284,7 +321,7 @@ expected = W.numpy().T @ (1 - np.tanh(W.numpy() @ v.numpy()) ** 2)
 assert np.allclose(v.grad, expected, atol=1e-6)
 
 # %% [markdown]
-# ## 7. Checking gradients numerically with `mp.gradcheck`
+# ## 8. Checking gradients numerically with `mp.gradcheck`
 #
 # A gradient check compares the engine's gradient with central differences for **every**
 # input element. `mp.gradcheck(fn, *inputs)` contracts the output with a fixed random tensor R
@@ -322,6 +359,7 @@ else:
 # around 1e-11. For float32 (ε_machine ≈ 1.2e-7) it is ε ≈ 5e-3 and an error around 1e-5 —
 # and only if you tune ε just right. A gradcheck that tolerates 1e-5 could not tell a correct
 # gradient from a slightly wrong one. Let's measure it on g(x) = tanh(x)·eˣ at x = 0.5:
+
 
 # %%
 def g(t: mp.Tensor) -> mp.Tensor:

@@ -1,11 +1,11 @@
 """minipeft: a from-scratch, readable deep-learning engine and the PEFT methods built on it.
 
-    import minipeft as mp
-    import minipeft.functional as F
+import minipeft as mp
+import minipeft.functional as F
 
-    x = mp.tensor([[1.0, 2.0]], requires_grad=True)
-    y = F.softmax(x @ x.T, dim=-1).sum()
-    y.backward()
+x = mp.tensor([[1.0, 2.0]], requires_grad=True)
+y = F.softmax(x @ x.T, dim=-1).sum()
+y.backward()
 """
 
 from __future__ import annotations

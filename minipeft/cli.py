@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "$MINIPEFT_CACHE or ~/.cache/minipeft/base-gpt2)")  # fmt: skip
     p.add_argument("--corpus", default=None, help="a .txt file or a folder of them "
                    "(default: the Python documentation topics)")  # fmt: skip
-    p.add_argument("--preset", default="default", help="model size: default or cpu-tiny")
+    p.add_argument("--preset", default="default", help="model size: default, cpu-tiny or nano")
     _common(p, steps=400, lr=3e-3)
     p.set_defaults(func=_cmd_pretrain)
 

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+from .fileio import atomic_write_text
 
 __all__ = ["DEFAULT_EOS_TOKEN", "Tokenizer", "train_bpe_tokenizer"]
 
@@ -40,20 +41,6 @@ TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_FILE = "special_tokens_map.json"
 _PADDING_CHOICES = (False, True, "longest", "max_length", "do_not_pad")
-
-
-def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder + ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def train_bpe_tokenizer(
@@ -327,7 +314,7 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the ``tokenizer.json`` file (atomically)."""
-        _atomic_write_text(path, self._backend.to_str(pretty=True))
+        atomic_write_text(path, self._backend.to_str(pretty=True))
 
     def save_pretrained(self, folder: str | os.PathLike) -> list[str]:
         """Write a folder that this class and ``transformers.AutoTokenizer`` both load.
@@ -360,6 +347,6 @@ class Tokenizer:
             folder / SPECIAL_TOKENS_FILE,
         ]
         self.save(paths[0])
-        _atomic_write_text(paths[1], json.dumps(config, indent=2) + "\n")
-        _atomic_write_text(paths[2], json.dumps(specials, indent=2) + "\n")
+        atomic_write_text(paths[1], json.dumps(config, indent=2) + "\n")
+        atomic_write_text(paths[2], json.dumps(specials, indent=2) + "\n")
         return [str(p) for p in paths]

@@ -33,6 +33,7 @@ import numpy as np
 from .autograd import no_grad
 from .backend import get_rng, manual_seed, to_numpy
 from .creation import tensor
+from .fileio import atomic_write_text, load_safetensors, save_safetensors
 from .nn import Module
 from .optim import AdamW, clip_grad_norm_, flatten_state_dict, get_schedule, unflatten_state_dict
 
@@ -107,7 +108,9 @@ class TrainResult:
 
 def to_device_batch(batch: Batch, device: str) -> Batch:
     """NumPy arrays → Tensors on ``device`` (integer ids stay int64)."""
-    return {k: tensor(v, device=device) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+    return {
+        k: tensor(v, device=device) if isinstance(v, np.ndarray) else v for k, v in batch.items()
+    }
 
 
 def _count_tokens(batch: Batch) -> int:
@@ -251,13 +254,18 @@ class Trainer:
                 cb.on_optimizer_step(self, self.step)
             self.optimizer.zero_grad()
             elapsed = time.perf_counter() - start
-            logs: dict[str, Any] = {"step": self.step, "loss": round(loss_sum, 6),
-                                    "lr": self.scheduler.get_last_lr()[0],
-                                    "tokens_per_s": round(run_tokens / max(elapsed, 1e-9), 1)}  # fmt: skip
+            logs: dict[str, Any] = {
+                "step": self.step,
+                "loss": round(loss_sum, 6),
+                "lr": self.scheduler.get_last_lr()[0],
+                "tokens_per_s": round(run_tokens / max(elapsed, 1e-9), 1),
+            }
             if grad_norm is not None:
                 logs["grad_norm"] = round(float(grad_norm), 6)
             last = self.step == cfg.max_steps
-            if self._eval_iter() is not None and (last or (cfg.eval_every and self.step % cfg.eval_every == 0)):
+            if self._eval_iter() is not None and (
+                last or (cfg.eval_every and self.step % cfg.eval_every == 0)
+            ):
                 metrics = evaluate(self.model, self._eval_iter(), cfg.device, cfg.eval_batches)
                 self.model.train()
                 logs.update({f"eval_{k}": round(v, 6) for k, v in metrics.items()})
@@ -272,7 +280,9 @@ class Trainer:
             bar.close()
         for cb in self.callbacks:
             cb.on_train_end(self)
-        return TrainResult(self.step, metrics, self.history, time.perf_counter() - start, self.tokens)
+        return TrainResult(
+            self.step, metrics, self.history, time.perf_counter() - start, self.tokens
+        )
 
     def _log(self, logs: dict[str, Any], out_dir: Path | None) -> None:
         self.history.append(logs)
@@ -285,8 +295,6 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, folder: str | os.PathLike[str]) -> None:
         """Trainable weights, optimizer state and loop state, each file written atomically."""
-        from .models.checkpoint import save_safetensors  # noqa: PLC0415
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         names = {id(p): n for n, p in self.model.named_parameters()}
@@ -301,12 +309,10 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "config": asdict(self.config),
             "rng": rng.bit_generator.state if self.config.device == "cpu" else None,
         }  # fmt: skip
-        _write_json(folder / "trainer_state.json", state)
+        atomic_write_text(folder / "trainer_state.json", json.dumps(state, indent=2, default=float))
 
     def load_checkpoint(self, folder: str | os.PathLike[str] | None = None) -> None:
         """Restore what :meth:`save_checkpoint` wrote (default: ``output_dir/checkpoint``)."""
-        from .models.checkpoint import load_safetensors  # noqa: PLC0415
-
         if folder is None:
             if not self.config.output_dir:
                 raise ValueError("resume needs TrainConfig.output_dir (where checkpoints live)")
@@ -332,12 +338,6 @@ class Trainer:
         self._epoch, self._consumed = state["epoch"], state["consumed"]
         if state.get("rng") is not None:
             get_rng(self.config.device).bit_generator.state = state["rng"]
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:

@@ -212,6 +212,45 @@ def test_disable_adapter_gives_base_output_then_restores(setup: dict, device: st
     np.testing.assert_array_equal(out(peft_model, x), adapted)
 
 
+FIXED = {"dims": (3, 5, 4), "conv": False, "dtype": "float64", "seed": 0,
+         "config": {"r": 2, "target_modules": ["fc1", "fc2"]}}  # fmt: skip
+
+
+def test_safe_merge_with_nan_adapter_raises_and_changes_nothing() -> None:
+    _, peft_model = build(FIXED, init_lora_weights=False)
+    peft_model.base_model.model.fc2.lora_B["default"].weight.data[0, 0] = np.nan
+    before = weights(peft_model)
+    for merge in (peft_model.merge_adapter, peft_model.merge_and_unload):
+        with pytest.raises(ValueError, match="'default'"):
+            merge(safe_merge=True)  # fc1 (fine) comes first: it must not be merged either
+        assert not any(layer.merged for layer in peft_model.base_model.lora_layers())
+        assert isinstance(peft_model.base_model.model.fc1, LoraLayer)
+        after = weights(peft_model)
+        assert after.keys() == before.keys()
+        for k in before:
+            np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+
+
+def test_merging_twice_warns_and_changes_nothing() -> None:
+    _, peft_model = build(FIXED, init_lora_weights=False)
+    peft_model.merge_adapter()
+    once = weights(peft_model)
+    with pytest.warns(UserWarning, match="already merged"):
+        peft_model.merge_adapter()
+    for k, v in weights(peft_model).items():
+        np.testing.assert_array_equal(v, once[k], err_msg=k)
+
+
+def test_disable_adapter_unmerges_merged_weights() -> None:
+    base, peft_model = build(FIXED, init_lora_weights=False)
+    x = inputs(FIXED)
+    adapted = out(peft_model, x)
+    peft_model.merge_adapter()
+    with peft_model.disable_adapter():
+        np.testing.assert_allclose(out(peft_model, x), out(base, x), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(out(peft_model, x), adapted, rtol=1e-10, atol=1e-10)
+
+
 # ---------------------------------------------------------------------------- training
 @settings(max_examples=15)
 @given(setup=lora_setups())

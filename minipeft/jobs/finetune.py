@@ -16,14 +16,22 @@ from pathlib import Path
 from typing import Any
 
 from ..data import classification_batches, iterate_batches, lm_blocks, tokenize_documents
-from ..models import AutoModelForCausalLM, AutoModelForSequenceClassification
+from ..models import AutoModelForCausalLM, AutoModelForSequenceClassification, load_config
 from ..nn import Module
 from ..peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from ..tasks import Task, get_task
 from ..tokenizer import Tokenizer
 from ..train import TrainConfig, Trainer, evaluate
 
-__all__ = ["FinetuneResult", "TaskData", "finetune", "merge", "task_data", "load_base", "folder_bytes"]
+__all__ = [
+    "FinetuneResult",
+    "TaskData",
+    "finetune",
+    "merge",
+    "task_data",
+    "load_base",
+    "folder_bytes",
+]
 
 Batches = Callable[[int, int], Iterator[dict[str, Any]]]
 
@@ -50,6 +58,7 @@ def task_data(task: Task, tokenizer: Tokenizer, block_size: int, batch_size: int
             "loss",
         )
     if task.kind == "seq_cls":
+
         def batches(texts: Any, labels: Any, shuffle: bool) -> Batches:  # noqa: E306
             return lambda s, e: classification_batches(
                 tokenizer, texts, labels, batch_size, block_size, shuffle=shuffle, seed=s + e
@@ -117,6 +126,7 @@ def finetune(
     start = time.perf_counter()
     the_task = get_task(task)
     tokenizer = Tokenizer.from_pretrained(model_path)
+    block_size = min(block_size, load_config(model_path).max_position_embeddings)
     data = task_data(the_task, tokenizer, block_size, batch_size)
     model = load_base(model_path, the_task, tokenizer, device, seed)
     config = LoraConfig(
@@ -142,12 +152,20 @@ def finetune(
 def merge(model_path: str | os.PathLike[str], adapter: str | os.PathLike[str],
           out: str | os.PathLike[str], device: str = "cpu") -> Module:  # fmt: skip
     """Load base + adapter, merge (W ← W + s·B A, checked finite) and save a plain HF folder."""
-    from ..peft import PeftConfig  # noqa: PLC0415
+    from ..peft.adapter_io import load_adapter_files  # noqa: PLC0415
 
-    config = PeftConfig.from_pretrained(adapter)
+    config, tensors = load_adapter_files(adapter)
     task = getattr(config.task_type, "value", config.task_type)
     if task == TaskType.SEQ_CLS.value:
-        base: Module = AutoModelForSequenceClassification.from_pretrained(model_path, device=device)
+        # The head's size comes from the adapter (it saved the trained ``score``), its padding
+        # token from the base model's tokenizer (the classifier pools the last real token).
+        score = [v for k, v in tensors.items() if k.endswith(("score.weight", "classifier.weight"))]
+        overrides: dict[str, Any] = {"num_labels": score[0].shape[0]} if score else {}
+        if (Path(model_path) / "tokenizer.json").is_file():
+            overrides["pad_token_id"] = Tokenizer.from_pretrained(model_path).pad_token_id
+        base: Module = AutoModelForSequenceClassification.from_pretrained(
+            model_path, device=device, **overrides
+        )
     else:
         base = AutoModelForCausalLM.from_pretrained(model_path, device=device)
     merged = PeftModel.from_pretrained(base, adapter).merge_and_unload(safe_merge=True)

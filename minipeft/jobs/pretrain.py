@@ -28,8 +28,10 @@ from ..train import TrainConfig, Trainer, evaluate
 
 __all__ = ["PretrainResult", "pretrain", "default_base_dir", "unigram_cross_entropy", "PRESETS"]
 
-# Model sizes by name. "cpu-tiny" is the benchmark preset; "default" is what `pretrain` builds.
+# Model sizes by name. "default" is what `pretrain` builds, "cpu-tiny" the benchmark preset and
+# "nano" a seconds-long smoke test (tests and CI use it).
 PRESETS: dict[str, dict[str, int]] = {
+    "nano": {"vocab_size": 512, "n_positions": 64, "n_embd": 32, "n_layer": 1, "n_head": 2},
     "default": {"vocab_size": 2048, "n_positions": 128, "n_embd": 128, "n_layer": 4, "n_head": 4},
     "cpu-tiny": {"vocab_size": 4096, "n_positions": 128, "n_embd": 256, "n_layer": 4, "n_head": 4},
 }

@@ -33,7 +33,8 @@ __all__ = ["quickstart"]
 def _pretrain_domain_loss(model: Module, tokenizer: Tokenizer, device: str) -> float:
     """Loss on the validation split of the pretraining corpus (same split as ``pretrain``)."""
     _, val_docs = train_val_split(load_corpus(None), val_fraction=0.1, seed=0)
-    blocks = lm_blocks(tokenize_documents(tokenizer, val_docs), 128)
+    block = min(128, model.config.max_position_embeddings)  # a small base has a short context
+    blocks = lm_blocks(tokenize_documents(tokenizer, val_docs), block)
     return evaluate(model, iterate_batches(blocks, 16, shuffle=False), device)["loss"]
 
 

@@ -33,7 +33,7 @@ from .checkpoint import (
     minipeft_to_hf_state_dict,
     save_state_dict_to_folder,
 )
-from .config import ModelConfig, load_config
+from .config import ModelConfig, config_from_dict, load_config
 from .inputs import as_tensor
 from .outputs import CausalLMOutput, SequenceClassifierOutput
 
@@ -240,15 +240,20 @@ class PreTrainedModel(nn.Module):
         device: str = "cpu",
         dtype: Any = None,
         seed: int | None = None,
+        **config_overrides: Any,
     ) -> PreTrainedModel:
         """Load a HF checkpoint folder (config.json + safetensors); returned in eval mode.
 
         Weights become float32 unless ``dtype`` says otherwise. A classification model loaded
         from a causal-LM checkpoint gets a freshly initialised ``score`` (``seed``) and a
         warning, as in transformers; any other missing/unexpected key or shape mismatch raises.
+        Keyword arguments override config fields, as in transformers
+        (``from_pretrained(path, num_labels=4, pad_token_id=0)``).
         """
         folder = os.fspath(folder)
         config = load_config(folder)
+        if config_overrides:
+            config = config_from_dict({**config.to_dict(), **config_overrides}, source=folder)
         if not isinstance(config, cls.config_class):
             raise ValueError(
                 f"{folder}: {cls.__name__} expects model_type {cls.config_class.model_type!r}, "
@@ -266,6 +271,7 @@ class PreTrainedModel(nn.Module):
         model.load_state_dict({k: v.astype(float32) if v.dtype.kind == "f" else v
                                for k, v in sd.items()})  # fmt: skip
         model.tie_weights()
+        model.name_or_path = folder  # recorded in adapters' base_model_name_or_path, as in HF
         model.to(device)
         if dtype is not None:
             model.to(dtype)

@@ -54,11 +54,14 @@ class _AutoClass:
         device: str = "cpu",
         dtype: Any = None,
         seed: int | None = None,
+        **config_overrides: Any,
     ) -> PreTrainedModel:
-        """Load a HF checkpoint folder onto ``device`` (float32 unless ``dtype``), eval mode."""
+        """Load a HF checkpoint folder onto ``device`` (float32 unless ``dtype``), eval mode;
+        keyword arguments override config fields (``num_labels=4``)."""
         config = load_config(folder)  # raises naming the folder when config.json is bad
         model_cls = cls._class_for(config.model_type, os.fspath(folder))
-        return model_cls.from_pretrained(folder, device=device, dtype=dtype, seed=seed)
+        return model_cls.from_pretrained(folder, device=device, dtype=dtype, seed=seed,
+                                         **config_overrides)  # fmt: skip
 
 
 class AutoModel(_AutoClass):

@@ -18,17 +18,15 @@ Pure Python + host NumPy: no engine import.
 from __future__ import annotations
 
 import copy
-import json
 import os
-import struct
-import tempfile
 import warnings
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import numpy as np
-from safetensors.numpy import load_file, save
+from safetensors.numpy import save
 
+from minipeft.fileio import atomic_write_bytes, load_safetensors
 from minipeft.peft.config import CONFIG_NAME, PeftConfig
 from minipeft.peft.matching import is_module_to_save
 
@@ -110,8 +108,8 @@ def to_peft_keys(
         if i is not None:
             owner = parts[i + 1]
             seen_adapters.add(owner)
-            wrapped.add(".".join(parts[:i]))
             if owner == adapter_name:
+                wrapped.add(".".join(parts[:i]))  # only this adapter's layers own biases here
                 out[remove_adapter_name(key, adapter_name)] = value
             continue
         owner = _to_save_owner(parts)
@@ -199,18 +197,6 @@ def adapter_dir(folder: str | os.PathLike, adapter_name: str = "default") -> str
     return folder if adapter_name == "default" else os.path.join(folder, adapter_name)
 
 
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_adapter(
     folder: str | os.PathLike,
     config: PeftConfig,
@@ -234,44 +220,11 @@ def save_adapter(
     if not arrays:
         raise ValueError("save_adapter: expected at least one tensor, found an empty dict")
     os.makedirs(out_dir, exist_ok=True)
-    _atomic_write_bytes(
-        os.path.join(out_dir, WEIGHTS_NAME), save(arrays, metadata={"format": "pt"})
-    )
+    atomic_write_bytes(os.path.join(out_dir, WEIGHTS_NAME), save(arrays, metadata={"format": "pt"}))
     saved = copy.copy(config)  # keeps unknown keys; the caller's config stays as it was
     saved.inference_mode = True
     saved.save_pretrained(out_dir)
     return out_dir
-
-
-def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """safetensors -> NumPy; bfloat16 (which NumPy lacks) is widened to float32 exactly."""
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-    except (OSError, struct.error, ValueError) as exc:
-        raise ValueError(
-            f"{path}: expected a safetensors file, could not read its header ({exc})"
-        ) from None
-    dtypes = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
-    if "BF16" not in dtypes:
-        return load_file(path)
-    out = {}
-    with open(path, "rb") as f:
-        f.seek(8 + n)
-        data = f.read()
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        if info["dtype"] == "BF16":
-            bits = np.frombuffer(data[start:end], dtype="<u2").astype(np.uint32) << 16
-            out[key] = bits.view(np.float32).reshape(info["shape"])
-        else:
-            raise ValueError(
-                f"{path}: mixed bfloat16 and {info['dtype']} tensors are not supported"
-            )
-    return out
 
 
 def load_adapter_files(
@@ -305,7 +258,7 @@ def load_adapter_files(
                 "environment."
             )
         raise FileNotFoundError(f"{path}: expected {WEIGHTS_NAME}, found files {present}")
-    tensors = _read_safetensors(weights)
+    tensors = load_safetensors(weights)
     # PEFT's bias="all" also writes `<m>.original_module.bias` and `<m>.modules_to_save.bias` for a
     # module to save; both are redundant (see from_peft_keys), so drop them here.
     tensors = {k: v for k, v in tensors.items() if not _redundant_peft_key(k)}

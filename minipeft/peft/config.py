@@ -19,10 +19,11 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
+
+from minipeft.fileio import atomic_write_text
 
 __all__ = [
     "CONFIG_NAME",
@@ -123,20 +124,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder + ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _enum_value(enum_cls: type[enum.Enum], value: Any, what: str) -> enum.Enum:
@@ -247,7 +234,7 @@ class PeftConfig:
             )
         os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, CONFIG_NAME)
-        _atomic_write_text(path, self.to_json_string())
+        atomic_write_text(path, self.to_json_string())
         return path
 
     @classmethod

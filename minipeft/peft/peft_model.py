@@ -162,7 +162,7 @@ class PeftModel(Module):
                 raise ValueError(f"adapter {name!r} not found; available: {list(self.peft_config)}")
             config = copy.deepcopy(self.peft_config[name])
             if not getattr(config, "base_model_name_or_path", None):
-                config.base_model_name_or_path = getattr(self.config, "name_or_path", None)
+                config.base_model_name_or_path = getattr(self.get_base_model(), "name_or_path", None)
             save_adapter(save_directory, config, self.adapter_state_dict(name), name)
 
     @classmethod

@@ -60,8 +60,6 @@ class LoraModel(Module):
             n for n in names if isinstance(modules[n], LoraLayer) or is_linear(modules[n])
         }
         targets = find_targets(names, config, model_type=model_type, linear_names=linear_names)
-        if config.target_modules is None:  # like PEFT, record (and save) the default it used
-            config.target_modules = resolve_target_modules(config, model_type)
         for name in targets:
             module = modules[name]
             if not (isinstance(module, LoraLayer) or is_linear(module)):
@@ -89,6 +87,8 @@ class LoraModel(Module):
                 module.update(adapter_name)
             else:
                 self.model.set_submodule(name, ModulesToSaveWrapper(module, adapter_name))
+        if config.target_modules is None:  # like PEFT, record (and save) the default it used
+            config.target_modules = resolve_target_modules(config, model_type)
         self.peft_config[adapter_name] = config
         self.targeted_module_names = targets
         self._mark_only_adapters_as_trainable(config)
