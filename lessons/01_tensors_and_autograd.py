@@ -36,6 +36,8 @@ import numpy as np
 import minipeft as mp
 from minipeft.autograd import iter_graph
 
+mp.manual_seed(0)  # mp.randn draws from minipeft's generator: same numbers every run
+
 # %% [markdown]
 # ## 1. Tensors in one minute
 #

@@ -28,6 +28,7 @@
 # %%
 import math
 import os
+import shutil
 import tempfile
 import time
 
@@ -35,8 +36,13 @@ import numpy as np
 
 import minipeft as mp
 import minipeft.functional as F
-from minipeft.data import default_corpus, iterate_batches, lm_blocks, tokenize_documents
-from minipeft.data import train_val_split
+from minipeft.data import (
+    default_corpus,
+    iterate_batches,
+    lm_blocks,
+    tokenize_documents,
+    train_val_split,
+)
 from minipeft.models import (
     AutoModelForCausalLM,
     GPT2Config,
@@ -264,7 +270,9 @@ val_ids = tokenize_documents(tokenizer, val_docs)
 train_blocks = lm_blocks(train_ids, 64)  # (N, 64)
 val_blocks = lm_blocks(val_ids, 64)[:128]  # a fixed validation subset keeps evaluation quick
 print(f"{len(train_docs)} train / {len(val_docs)} val documents; V = {V}")
-print(f"{len(train_ids):,} train tokens → blocks {train_blocks.shape}; val blocks {val_blocks.shape}")
+print(
+    f"{len(train_ids):,} train tokens → blocks {train_blocks.shape}; val blocks {val_blocks.shape}"
+)
 
 # %% [markdown]
 # Two reference points for the loss (cross-entropy in nats per token):
@@ -394,4 +402,5 @@ else:
     print(f"transformers {type(hf).__name__}: max |Δ logits| = {hf_err:.1e}")
     assert hf_err < 1e-4
 
+shutil.rmtree(folder)
 print(f"lesson 4 ran in {time.perf_counter() - LESSON_START:.1f} s")

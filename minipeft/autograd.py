@@ -44,6 +44,7 @@ __all__ = [
     "set_grad_enabled",
     "unbroadcast",
     "backward",
+    "iter_graph",
 ]
 
 _state = threading.local()

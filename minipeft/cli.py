@@ -62,7 +62,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         model = PeftModel.from_pretrained(model, args.adapter)
     ids = tokenizer.encode(args.prompt)
     if not ids:
-        raise SystemExit("minipeft generate: the prompt encodes to no tokens")
+        raise ValueError(f"the prompt {args.prompt!r} encodes to no tokens")
     out = model.generate(
         tensor([ids], device=args.device), max_new_tokens=args.max_new_tokens,
         do_sample=args.temperature > 0, temperature=max(args.temperature, 1e-6),
@@ -179,8 +179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if getattr(args, "device", None) is not None:
+            from .backend import check_device  # noqa: PLC0415
+
+            check_device(args.device)  # fail now, not after minutes of tokenizer training
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError, RuntimeError) as exc:
+    except (ValueError, OSError, TypeError, RuntimeError) as exc:
         # Bad input (a wrong path, config or device) gets one clear line, not a traceback.
         if os.environ.get("MINIPEFT_DEBUG"):
             raise

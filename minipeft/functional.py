@@ -1,9 +1,12 @@
 """``minipeft.functional`` (import as ``F``): activations, norms, losses and attention.
 
 Names and signatures follow ``torch.nn.functional``. Each function validates its arguments
-(errors name what was expected and what was found) and then calls one *fused* Function from
+(errors name what was expected and what was found; the shared checks are in
+:mod:`minipeft.functional_checks`) and then calls one *fused* Function from
 :mod:`minipeft.ops.fused` — a single forward with a hand-derived backward. The same math built
 from primitives lives in :mod:`minipeft.ops.composite`; the tests check one against the other.
+``scaled_dot_product_attention`` is defined in :mod:`minipeft.attention` and re-exported here,
+so ``F`` stays the one import for all of them.
 
 =====================================  ===================================================
 softmax, log_softmax, logsumexp        max-subtracted, finite for logits of ±1e4
@@ -26,14 +29,15 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .backend import DeviceError, broadcast_shapes, device_of, get_rng, xp_of
-from .creation import as_array
+from .attention import scaled_dot_product_attention
+from .backend import xp_of
+from .functional_checks import const_array, float_tensor, keep_mask, same_dtype
 from .ops import fused as FU
 from .ops.api import relu, sigmoid, silu, tanh
 from .ops.matmul import Linear
 from .ops.movement import Embedding
 from .ops.reduce import normalize_axes
-from .tensor import Tensor, float32
+from .tensor import Tensor
 
 __all__ = [
     "softmax",
@@ -54,44 +58,15 @@ __all__ = [
 ]
 
 
-# ------------------------------------------------------------------------ checks
-def _float_tensor(x: Any, fn: str, name: str = "input") -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{fn}: expected {name} to be a Tensor, found {type(x).__name__}")
-    if x.dtype.kind != "f":
-        raise TypeError(f"{fn}: expected a float {name}, found dtype {x.dtype}")
-    return x
-
-
-def _same_dtype(fn: str, x: Tensor, **others: Tensor | None) -> None:
-    for name, t in others.items():
-        if t is not None and _float_tensor(t, fn, name).dtype != x.dtype:
-            raise TypeError(
-                f"{fn}: expected {name} with the input's dtype {x.dtype}, found {t.dtype}; "
-                "convert it with .to(dtype)"
-            )
-
-
 def _dim(dim: int, x: Tensor) -> int:
     (axis,) = normalize_axes(dim, x.ndim)
     return axis
 
 
-def _const_array(obj: Any, device: str, fn: str, name: str) -> Any:
-    """A constant (non-differentiable) array on ``device`` from a Tensor, array or list."""
-    if isinstance(obj, Tensor):
-        if obj.device != device:
-            raise DeviceError(
-                f"{fn}: expected {name} on {device} like the input, found {obj.device}"
-            )
-        return obj.data
-    return as_array(obj, device=device)
-
-
 # ------------------------------------------------------------------------ softmax family
 def softmax(input: Tensor, dim: int = -1) -> Tensor:
     """softmax(x)_i = e^(x_i - m) / Σ_j e^(x_j - m) along ``dim`` (m = max, for stability)."""
-    x = _float_tensor(input, "softmax")
+    x = float_tensor(input, "softmax")
     if x.ndim == 0:
         return softmax(x.reshape(1), 0).reshape(())
     return FU.Softmax.apply(x, axis=_dim(dim, x))
@@ -99,7 +74,7 @@ def softmax(input: Tensor, dim: int = -1) -> Tensor:
 
 def log_softmax(input: Tensor, dim: int = -1) -> Tensor:
     """log softmax(x) = x - m - log Σ_j e^(x_j - m) along ``dim`` (never log of 0)."""
-    x = _float_tensor(input, "log_softmax")
+    x = float_tensor(input, "log_softmax")
     if x.ndim == 0:
         return log_softmax(x.reshape(1), 0).reshape(())
     return FU.LogSoftmax.apply(x, axis=_dim(dim, x))
@@ -107,7 +82,7 @@ def log_softmax(input: Tensor, dim: int = -1) -> Tensor:
 
 def logsumexp(input: Tensor, dim: int | Sequence[int], keepdim: bool = False) -> Tensor:
     """log Σ e^x over ``dim`` (an int or a tuple), computed as m + log Σ e^(x - m)."""
-    x = _float_tensor(input, "logsumexp")
+    x = float_tensor(input, "logsumexp")
     if x.ndim == 0:
         return x * 1.0
     return FU.LogSumExp.apply(x, axis=normalize_axes(dim, x.ndim), keepdims=keepdim)
@@ -134,14 +109,14 @@ def cross_entropy(
     ignored). ``weight`` (per-class weights) is not supported and must be None.
     """
     fn = "cross_entropy"
-    x = _float_tensor(input, fn)
+    x = float_tensor(input, fn)
     if weight is not None:
         raise NotImplementedError(f"{fn}: per-class weight is not supported; expected None")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"{fn}: reduction must be 'mean', 'sum' or 'none', found {reduction!r}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{fn}: label_smoothing must be in [0, 1], found {label_smoothing}")
-    t = _const_array(target, x.device, fn, "target")
+    t = const_array(target, x.device, fn, "target")
     if t.dtype.kind not in "iu":
         raise TypeError(
             f"{fn}: expected integer class ids as target, found dtype {t.dtype} "
@@ -185,7 +160,7 @@ def _norm_shape(fn: str, x: Tensor, normalized_shape: Any) -> tuple[int, ...]:
 def _param(fn: str, name: str, p: Tensor | None, shape: tuple[int, ...], x: Tensor) -> Any:
     if p is None:
         return None
-    _same_dtype(fn, x, **{name: p})
+    same_dtype(fn, x, **{name: p})
     if p.shape != shape:
         raise ValueError(f"{fn}: expected {name} of shape {shape}, found {p.shape}")
     return p.reshape(-1) if len(shape) != 1 else p
@@ -199,7 +174,7 @@ def layer_norm(
     eps: float = 1e-5,
 ) -> Tensor:
     """y = (x - μ) / √(σ² + eps) · weight + bias, μ and σ² (biased) over the trailing dims."""
-    x = _float_tensor(input, "layer_norm")
+    x = float_tensor(input, "layer_norm")
     shape = _norm_shape("layer_norm", x, normalized_shape)
     w = _param("layer_norm", "weight", weight, shape, x)
     b = _param("layer_norm", "bias", bias, shape, x)
@@ -220,7 +195,7 @@ def rms_norm(
     ``eps=None`` uses the dtype's machine epsilon (PyTorch's default). Computed in the input
     dtype; Hugging Face LLaMA upcasts to float32 first, which is the same for float32 inputs.
     """
-    x = _float_tensor(input, "rms_norm")
+    x = float_tensor(input, "rms_norm")
     shape = _norm_shape("rms_norm", x, normalized_shape)
     w = _param("rms_norm", "weight", weight, shape, x)
     eps = float(xp_of(x.data).finfo(x.dtype).eps) if eps is None else float(eps)
@@ -232,7 +207,7 @@ def rms_norm(
 # ------------------------------------------------------------------------ activations
 def gelu(input: Tensor, approximate: str = "none") -> Tensor:
     """GELU: x Φ(x) ("none", exact, via erf) or GPT-2's tanh approximation ("tanh")."""
-    x = _float_tensor(input, "gelu")
+    x = float_tensor(input, "gelu")
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', found {approximate!r}")
     return FU.Gelu.apply(x, approximate=approximate)
@@ -241,8 +216,8 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:
 # ------------------------------------------------------------------------ layers
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x Wᵀ + b.  x (..., in), weight (out, in), bias (out,) → y (..., out)."""
-    x = _float_tensor(input, "linear")
-    _same_dtype("linear", x, weight=weight, bias=bias)
+    x = float_tensor(input, "linear")
+    same_dtype("linear", x, weight=weight, bias=bias)
     if weight.ndim != 2 or x.ndim == 0 or x.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"linear: expected weight (out, {x.shape[-1] if x.ndim else '?'}) for input "
@@ -255,10 +230,10 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 def embedding(input: Any, weight: Tensor) -> Tensor:
     """out[..., :] = weight[input[...], :].  input: int ids (...), weight (V, C) → (..., C)."""
-    w = _float_tensor(weight, "embedding", "weight")
+    w = float_tensor(weight, "embedding", "weight")
     if w.ndim != 2:
         raise ValueError(f"embedding: expected weight of shape (V, C), found {w.shape}")
-    ids = _const_array(input, w.device, "embedding", "input")
+    ids = const_array(input, w.device, "embedding", "input")
     if ids.dtype.kind not in "iu":
         raise TypeError(f"embedding: expected integer ids, found dtype {ids.dtype}")
     if ids.size:
@@ -271,17 +246,6 @@ def embedding(input: Any, weight: Tensor) -> Tensor:
     return Embedding.apply(w, ids=ids)
 
 
-def _keep_mask(shape: tuple[int, ...], p: float, device: str, generator: Any, fn: str) -> Any:
-    """Bool mask, True with probability 1 - p, from ``generator`` or the device's generator."""
-    rng = generator if generator is not None else get_rng(device)
-    keep = rng.random(shape, dtype=float32) >= p
-    if device_of(keep) != device:
-        raise DeviceError(
-            f"{fn}: expected a generator for {device}, found one for {device_of(keep)}"
-        )
-    return keep
-
-
 def dropout(
     input: Tensor, p: float = 0.5, training: bool = True, *, generator: Any = None
 ) -> Tensor:
@@ -291,120 +255,13 @@ def dropout(
     Randomness comes from ``generator`` (e.g. ``minipeft.backend.get_rng(device, seed)``) or
     the device's global generator (:func:`minipeft.manual_seed`). p must be in [0, 1).
     """
-    x = _float_tensor(input, "dropout")
+    x = float_tensor(input, "dropout")
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout: p must be in [0, 1), found {p}")
     if not training or p == 0:
         return x
-    keep = _keep_mask(x.shape, p, x.device, generator, "dropout")
+    keep = keep_mask(x.shape, p, x.device, generator, "dropout")
     return FU.Dropout.apply(x, keep=keep, p=float(p))
-
-
-# ------------------------------------------------------------------------ attention
-def scaled_dot_product_attention(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    attn_mask: Any = None,
-    dropout_p: float = 0.0,
-    is_causal: bool = False,
-    scale: float | None = None,
-    enable_gqa: bool = False,
-) -> Tensor:
-    """O = softmax(q kᵀ · scale + mask) v, one fused Function (forward and backward).
-
-    Shapes: query (*, H, Tq, D), key (*, Hkv, Tk, D), value (*, Hkv, Tk, Dv) → (*, H, Tq, Dv);
-    the leading dims * must match. scale defaults to 1/√D.
-
-    **is_causal aligns the mask to the last keys**: query i (0-based of Tq) may attend key j iff
-    j ≤ i + (Tk - Tq). With Tk == Tq that is the usual lower triangle; with Tk > Tq the extra
-    Tk - Tq keys are a past that every query sees — a KV cache, or prefix tuning's learned
-    keys/values. *This differs from PyTorch*, whose ``is_causal`` aligns top-left (query i sees
-    keys j ≤ i) whenever Tq != Tk. is_causal with Tk < Tq raises.
-
-    attn_mask: bool (True = may attend) or additive float (the query's dtype), broadcastable to
-    (*, H, Tq, Tk); combined with is_causal when both are given (a float mask is added, then the
-    causal positions blocked). Blocked scores become -inf; **a query row with no allowed key
-    gives zeros** and zero gradients (as PyTorch >= 2.5 does; older versions gave NaN). A float
-    mask that requires grad gets a gradient.
-
-    Grouped-query attention: H != Hkv requires ``enable_gqa=True`` (as in PyTorch) and
-    H % Hkv == 0; query head h reads kv head h // (H/Hkv). K and V are never copied: the G
-    query heads of a kv head are stacked into one matrix product.
-
-    dropout_p > 0 drops attention probabilities (inverted dropout, seeded by the device's
-    generator) whatever the module's mode — like PyTorch, pass 0.0 in evaluation.
-    """
-    fn = "scaled_dot_product_attention"
-    q = _float_tensor(query, fn, "query")
-    _same_dtype(fn, q, key=key, value=value)
-    k, v = key, value
-    if q.ndim < 2 or k.ndim != q.ndim or v.ndim != q.ndim:
-        raise ValueError(
-            f"{fn}: expected query, key, value with the same number (>= 2) of dims, found "
-            f"{q.shape}, {k.shape}, {v.shape}"
-        )
-    if q.ndim == 2:  # (T, D): add a head axis and take it off again
-        out = scaled_dot_product_attention(
-            q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), attn_mask, dropout_p, is_causal, scale
-        )
-        return out.squeeze(0)
-    *lead, h, tq, d = q.shape
-    hkv, tk = k.shape[-3], k.shape[-2]
-    if k.shape[:-3] != tuple(lead) or v.shape[:-3] != tuple(lead):
-        raise ValueError(
-            f"{fn}: expected matching batch dims, found query {q.shape}, key "
-            f"{k.shape}, value {v.shape}"
-        )
-    if k.shape[-1] != d or v.shape[:-1] != k.shape[:-1]:
-        raise ValueError(
-            f"{fn}: expected key (*, Hkv, Tk, {d}) and value (*, Hkv, Tk, Dv) for query "
-            f"{q.shape}, found key {k.shape}, value {v.shape}"
-        )
-    if h != hkv and not (enable_gqa and h % hkv == 0):
-        hint = "pass enable_gqa=True" if h % hkv == 0 else "H must be a multiple of Hkv"
-        raise ValueError(f"{fn}: query has {h} heads but key/value have {hkv}; {hint}")
-    if is_causal and tk < tq:
-        raise ValueError(f"{fn}: is_causal needs Tk >= Tq, found Tq={tq}, Tk={tk}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"{fn}: dropout_p must be in [0, 1), found {dropout_p}")
-    xp, grp = xp_of(q.data), h // hkv
-    full = (*lead, h, tq, tk)
-    inputs, blocked, shape5 = [q, k, v], None, None
-    if attn_mask is not None:
-        m = _const_array(attn_mask, q.device, fn, "attn_mask")
-        try:
-            ok = broadcast_shapes(m.shape, full) == full
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError(
-                f"{fn}: expected attn_mask broadcastable to {full}, found {tuple(m.shape)}"
-            )
-        *ml, mh, mq, mk = (1,) * (len(full) - m.ndim) + tuple(m.shape)
-        shape5 = (*ml, hkv if mh == h else 1, grp if mh == h else 1, mq, mk)
-        if m.dtype == bool:
-            blocked, shape5 = ~m.reshape(shape5), None
-        elif m.dtype != q.dtype:
-            raise TypeError(
-                f"{fn}: expected a bool attn_mask or one of dtype {q.dtype}, found {m.dtype}"
-            )
-        else:
-            inputs.append(attn_mask if isinstance(attn_mask, Tensor) else Tensor._make(m))
-    if is_causal:
-        causal = ~FU.causal_allowed(tq, tk, xp)  # (Tq, Tk) broadcasts over (*, Hkv, G)
-        blocked = causal if blocked is None else blocked | causal
-    keep = None
-    if dropout_p > 0:
-        keep = _keep_mask(full, dropout_p, q.device, None, fn).reshape(*lead, hkv, grp * tq, tk)
-    return FU.Attention.apply(
-        *inputs,
-        blocked=blocked,
-        scale=1.0 / math.sqrt(d) if scale is None else float(scale),
-        mask_shape5=shape5,
-        keep=keep,
-        dropout_p=float(dropout_p),
-    )
 
 
 # ------------------------------------------------------------------------ Tensor methods

@@ -88,6 +88,11 @@ class Tensor:
         return self._node is None
 
     @property
+    def grad_fn(self) -> autograd.Node | None:
+        """The recorded op that made this tensor (PyTorch's name), or None for a leaf."""
+        return self._node
+
+    @property
     def T(self) -> Tensor:  # noqa: N802 — PyTorch/NumPy spelling
         return self.permute(*reversed(range(self.ndim)))
 
@@ -107,7 +112,9 @@ class Tensor:
         if self._node is not None:
             extra = f", grad_fn={self._node}"
         dev = "" if self.device == "cpu" else ", device='cuda'"
-        body = np.array2string(to_numpy(self.data), precision=4, threshold=20, separator=", ")
+        body = np.array2string(
+            to_numpy(self.data), precision=4, threshold=20, separator=", ", prefix="tensor("
+        )
         return f"tensor({body}, dtype={self.dtype}{dev}{extra})"
 
     # ----------------------------------------------------------------- conversion

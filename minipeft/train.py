@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .autograd import no_grad
-from .backend import get_rng, manual_seed, to_numpy
+from .backend import get_rng, manual_seed, to_device, to_numpy
 from .creation import tensor
 from .fileio import atomic_write_text, load_safetensors, save_safetensors
 from .nn import Module
@@ -65,21 +65,39 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        checks = {
-            "max_steps": self.max_steps >= 1,
-            "lr": self.lr > 0 and math.isfinite(self.lr),
-            "weight_decay": self.weight_decay >= 0,
-            "warmup_steps": 0 <= self.warmup_steps <= self.max_steps,
-            "grad_accum_steps": self.grad_accum_steps >= 1,
-            "eval_every": self.eval_every >= 0,
-            "save_every": self.save_every >= 0,
-            "log_every": self.log_every >= 1,
-            "schedule": self.schedule in ("cosine", "linear", "constant"),
-            "grad_clip": self.grad_clip is None or self.grad_clip > 0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"TrainConfig.{name}: invalid value {getattr(self, name)!r}")
+        # field -> (is the value valid?, what was expected); a wrong type counts as invalid.
+        positive = (lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+        count = (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+        checks: dict[str, tuple[Callable[[Any], bool], str]] = {
+            "max_steps": positive,
+            "lr": (lambda v: v > 0 and math.isfinite(v), "a finite number > 0"),
+            "weight_decay": (lambda v: v >= 0, "a number >= 0"),
+            "betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "2 numbers in [0, 1)"),
+            "eps": (lambda v: v > 0, "a number > 0"),
+            "warmup_steps": (lambda v: _is_int(v) and 0 <= v <= self.max_steps,
+                             f"an integer in [0, max_steps={self.max_steps}]"),
+            "schedule": (lambda v: v in ("cosine", "linear", "constant"),
+                         "'cosine', 'linear' or 'constant'"),
+            "grad_clip": (lambda v: v is None or v > 0, "None or a number > 0"),
+            "grad_accum_steps": positive,
+            "eval_every": count,
+            "eval_batches": (lambda v: v is None or positive[0](v), "None or an integer >= 1"),
+            "log_every": positive,
+            "save_every": count,
+            "device": (lambda v: v in ("cpu", "cuda", "cuda:0"), "'cpu' or 'cuda'"),
+        }  # fmt: skip
+        for name, (ok, expected) in checks.items():
+            value = getattr(self, name)
+            try:
+                valid = bool(ok(value))
+            except TypeError:
+                valid = False
+            if not valid:
+                raise ValueError(f"TrainConfig.{name}: expected {expected}, found {value!r}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 class Callback:
@@ -121,9 +139,25 @@ def _count_tokens(batch: Batch) -> int:
     return int(np.prod(ids.shape)) if ids is not None else 0
 
 
+def _loss_terms(batch: Batch) -> int:
+    """How many terms ``out.loss`` averages: examples (1-D labels) or next-token targets."""
+    labels = batch.get("labels")
+    if labels is None:
+        return _count_tokens(batch)
+    labels = np.asarray(labels)
+    if labels.ndim == 1:  # sequence classification: one label per row
+        return len(labels)
+    return int((labels[:, 1:] != -100).sum())  # the LM loss shifts: position t predicts t + 1
+
+
 def evaluate(model: Module, batches: Iterable[Batch], device: str = "cpu",
              max_batches: int | None = None) -> dict[str, float]:  # fmt: skip
-    """Mean loss (token-weighted for LM batches) and, for classifiers, accuracy; under no_grad."""
+    """Mean loss over every term of every batch and, for classifiers, accuracy; under no_grad.
+
+    Each batch's mean loss is weighted by its number of terms (next-token targets for a
+    language model, examples for a classifier), so the result does not depend on how the data
+    was cut into batches.
+    """
     was_training = model.training
     model.eval()
     total, weight, correct, seen = 0.0, 0, 0, 0
@@ -131,8 +165,10 @@ def evaluate(model: Module, batches: Iterable[Batch], device: str = "cpu",
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
+            n = _loss_terms(batch)
+            if n == 0:  # every label is ignored: this batch has no loss to average
+                continue
             out = model(**to_device_batch(batch, device))
-            n = _count_tokens(batch) or 1
             total += float(out.loss.item()) * n
             weight += n
             labels = batch.get("labels")
@@ -142,7 +178,7 @@ def evaluate(model: Module, batches: Iterable[Batch], device: str = "cpu",
                 seen += len(labels)
     model.train(was_training)
     if weight == 0:
-        raise ValueError("evaluate: the evaluation data yielded no batches")
+        raise ValueError("evaluate: the evaluation data yielded no batch with a loss term")
     metrics = {"loss": total / weight}
     metrics["perplexity"] = float(math.exp(min(metrics["loss"], 50.0)))
     if seen:
@@ -330,7 +366,7 @@ class Trainer:
             raise ValueError(f"checkpoint {folder} lacks trainable weights: {missing[:5]}")
         with no_grad():
             for n in names:
-                params[n].data[...] = weights[n]
+                params[n].data[...] = to_device(weights[n], params[n].device)
         arrays = load_safetensors(folder / "optimizer.safetensors")
         self.optimizer.load_state_dict(unflatten_state_dict(arrays, state["optimizer"]))
         self.scheduler.load_state_dict(state["scheduler"])

@@ -24,12 +24,9 @@ from minipeft.models.checkpoint import (
     save_safetensors,
     save_state_dict_to_folder,
 )
-from minipeft.models.config import (
-    GPT2Config,
-    LlamaConfig,
-    config_from_dict,
-    load_config,
-)
+from minipeft.models.config import config_from_dict, load_config
+from minipeft.models.gpt2_config import GPT2Config
+from minipeft.models.llama_config import LlamaConfig
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 

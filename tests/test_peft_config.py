@@ -25,7 +25,6 @@ from minipeft.peft.adapter_io import (
 )
 from minipeft.peft.config import (
     PEFT_FORMAT_VERSION,
-    LoraConfig,
     PeftConfig,
     PeftType,
     TaskType,
@@ -33,6 +32,7 @@ from minipeft.peft.config import (
     get_pattern_key,
     supported_peft_types,
 )
+from minipeft.peft.lora_config import LoraConfig
 from minipeft.peft.matching import find_targets, is_target, layer_index, unmatched_pattern_keys
 
 GPT2_NAMES = [

@@ -141,7 +141,7 @@ def finetune(
     cfg = TrainConfig(max_steps=steps, lr=lr, warmup_steps=max(1, steps // 10), device=device,
                       seed=seed, progress=progress, eval_every=0)  # fmt: skip
     result = Trainer(peft_model, cfg, data.train, data.test).train()
-    after = evaluate(peft_model, data.test(seed, 0), device)
+    after = result.metrics  # the Trainer evaluates after its last step
     out_dir = Path(out) if out is not None else Path("runs") / f"lora-{the_task.name}"
     peft_model.save_pretrained(out_dir)
     return FinetuneResult(str(out_dir), data.metric, before, after, trainable, total,

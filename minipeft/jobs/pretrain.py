@@ -24,7 +24,7 @@ import numpy as np
 from ..data import iterate_batches, lm_blocks, load_corpus, tokenize_documents, train_val_split
 from ..models import GPT2Config, GPT2LMHeadModel
 from ..tokenizer import train_bpe_tokenizer
-from ..train import TrainConfig, Trainer, evaluate
+from ..train import TrainConfig, Trainer
 
 __all__ = ["PretrainResult", "pretrain", "default_base_dir", "unigram_cross_entropy", "PRESETS"]
 
@@ -110,8 +110,8 @@ def pretrain(
                       warmup_steps=max(1, steps // 20), schedule="cosine", grad_clip=1.0,
                       eval_every=max(1, steps // 4), device=device, seed=seed,
                       progress=progress)  # fmt: skip
-    Trainer(model, cfg, train_data, eval_data).train()
-    val = evaluate(model, eval_data(seed, 0), device)["loss"]
+    result = Trainer(model, cfg, train_data, eval_data).train()
+    val = result.metrics["loss"]  # the Trainer evaluates after its last step
     entropy = unigram_cross_entropy(train_ids, val_ids, tokenizer.vocab_size)
 
     out_dir.mkdir(parents=True, exist_ok=True)

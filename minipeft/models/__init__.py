@@ -8,12 +8,14 @@ model.save_pretrained("ckpt")                   # loads in transformers, and bac
 
 from __future__ import annotations
 
-from .config import GPT2Config, LlamaConfig, ModelConfig, config_from_dict, load_config
+from .config import ModelConfig, config_from_dict, load_config
 from .generation import GenerationMixin, top_k_filter, top_p_filter
 from .gpt2 import GPT2ForSequenceClassification, GPT2LMHeadModel, GPT2Model
+from .gpt2_config import GPT2Config
 from .heads import PreTrainedModel, causal_lm_loss
 from .hub import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 from .llama import LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel
+from .llama_config import LlamaConfig
 from .outputs import BaseModelOutput, CausalLMOutput, SequenceClassifierOutput
 from .rope import RotaryEmbedding, apply_rotary_pos_emb, rotate_half
 

@@ -13,18 +13,25 @@ transformers 5 conventions handled here:
   read, ``"dtype"`` is written. ``transformers_version`` describes the writer, so it is dropped.
 - LLaMA's RoPE base lives in ``"rope_parameters": {"rope_theta": θ, "rope_type": "default"}``
   (transformers 4 wrote a top-level ``"rope_theta"`` and ``"rope_scaling"``). Both forms are read;
-  both are written so either version loads the file. Only plain RoPE is supported.
+  both are written so either version loads the file. Only plain RoPE is supported
+  (handled by ``LlamaConfig``).
 - ``id2label``/``label2id`` are written only when they differ from the default two labels;
   ``num_labels`` is never written (transformers derives it from ``id2label``).
+
+This module holds the shared base ``ModelConfig``, its validation helpers and the ``model_type``
+registry behind :func:`config_from_dict` / :func:`load_config`. Each architecture's config lives in
+its own module and registers itself: :mod:`minipeft.models.gpt2_config` (``GPT2Config``) and
+:mod:`minipeft.models.llama_config` (``LlamaConfig``).
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from minipeft.models.checkpoint import atomic_write_bytes
 
@@ -32,9 +39,8 @@ __all__ = [
     "CONFIG_NAME",
     "SUPPORTED_ACTIVATIONS",
     "ModelConfig",
-    "GPT2Config",
-    "LlamaConfig",
     "CONFIG_CLASSES",
+    "register_model_config",
     "config_from_dict",
     "load_config",
 ]
@@ -48,6 +54,7 @@ _PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_labe
 _SPECIAL = ("extra", "num_labels", "id2label", "label2id", "architectures", "dtype")
 
 
+# Validation helpers, shared with the architecture configs (gpt2_config.py, llama_config.py).
 def _fail(cfg: Any, name: str, expected: str, found: Any) -> None:
     raise ValueError(f"{type(cfg).__name__}.{name}: expected {expected}, found {found!r}")
 
@@ -250,221 +257,39 @@ class ModelConfig:
         return cls.from_json_file(_config_path(folder))
 
 
-@dataclass(kw_only=True)
-class GPT2Config(ModelConfig):
-    """GPT-2 with transformers' field names and defaults (``GPT2Config().to_dict()``).
+# model_type -> config class, filled by @register_model_config.
+CONFIG_CLASSES: dict[str, type[ModelConfig]] = {}
+# Modules whose import registers a built-in config class. They subclass ModelConfig from here, so
+# this module cannot import them at the top (a cycle); `_load_builtin_configs` imports them on the
+# first lookup, so `config_from_dict` works even when only this module was imported.
+# (`minipeft.models` imports them eagerly as well.)
+_BUILTIN_CONFIG_MODULES = ("minipeft.models.gpt2_config", "minipeft.models.llama_config")
+_C = TypeVar("_C", bound=type[ModelConfig])
 
-    Sizes: V = vocab_size, C = n_embd, H = n_head, D = C / H, L = n_layer, inner = n_inner or 4 C.
-    """
 
-    model_type: ClassVar[str] = "gpt2"
-    architecture_names: ClassVar[dict[str, str]] = {
-        "causal_lm": "GPT2LMHeadModel",
-        "seq_cls": "GPT2ForSequenceClassification",
-        "base": "GPT2Model",
-    }
-    aliases: ClassVar[dict[str, str]] = {
-        "hidden_size": "n_embd",
-        "max_position_embeddings": "n_positions",
-        "num_attention_heads": "n_head",
-        "num_hidden_layers": "n_layer",
-    }
-
-    vocab_size: int = 50257
-    n_positions: int = 1024
-    n_embd: int = 768
-    n_layer: int = 12
-    n_head: int = 12
-    n_inner: int | None = None
-    activation_function: str = "gelu_new"
-    resid_pdrop: float = 0.1
-    embd_pdrop: float = 0.1
-    attn_pdrop: float = 0.1
-    layer_norm_epsilon: float = 1e-5
-    initializer_range: float = 0.02
-    summary_type: str = "cls_index"
-    summary_use_proj: bool = True
-    summary_activation: str | None = None
-    summary_proj_to_labels: bool = True
-    summary_first_dropout: float = 0.1
-    scale_attn_weights: bool = True
-    use_cache: bool = True
-    bos_token_id: int | None = 50256
-    eos_token_id: int | list[int] | None = 50256
-    scale_attn_by_inverse_layer_idx: bool = False
-    reorder_and_upcast_attn: bool = False
-    add_cross_attention: bool = False
-    tie_word_embeddings: bool = True
-
-    def _validate_fields(self) -> None:
-        self._check("a positive int", "vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
-        if self.n_inner is not None:
-            self._check("a positive int", "n_inner")
-        if self.n_embd % self.n_head:
-            _fail(self, "n_embd", f"a multiple of n_head = {self.n_head}", self.n_embd)
-        if self.activation_function not in SUPPORTED_ACTIVATIONS:
-            _fail(self, "activation_function", f"one of {SUPPORTED_ACTIVATIONS}",
-                  self.activation_function)  # fmt: skip
-        self._check("a probability in [0, 1)", "resid_pdrop", "embd_pdrop", "attn_pdrop")
-        self._check("a probability in [0, 1)", "summary_first_dropout")
-        self._check("a positive number", "layer_norm_epsilon")
-        self._check("a non-negative number", "initializer_range")
-        self._check("True or False", "scale_attn_weights", "use_cache", "reorder_and_upcast_attn")
-        self._check(
-            "True or False", "tie_word_embeddings", "summary_use_proj", "summary_proj_to_labels"
+def register_model_config(cls: _C) -> _C:
+    """Class decorator: make ``config_from_dict`` build ``cls`` for ``cls.model_type``."""
+    if not cls.model_type:
+        raise ValueError(f"{cls.__name__} must set the class attribute model_type to be registered")
+    known = CONFIG_CLASSES.get(cls.model_type)
+    if known is not None and known is not cls:
+        raise ValueError(
+            f"model_type {cls.model_type!r} is already registered to {known.__name__}; "
+            f"cannot register {cls.__name__}"
         )
-        for name in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
-            if getattr(self, name) is not False:  # these change the math; minipeft omits them
-                _fail(self, name, "False (the only value minipeft supports)", getattr(self, name))
-        self._check_token_id("bos_token_id", allow_list=False)
-        self._check_token_id("eos_token_id", allow_list=True)
-
-    # Read-only HF aliases (transformers' attribute_map) and derived sizes.
-    @property
-    def hidden_size(self) -> int:
-        return self.n_embd
-
-    @property
-    def num_attention_heads(self) -> int:
-        return self.n_head
-
-    @property
-    def num_hidden_layers(self) -> int:
-        return self.n_layer
-
-    @property
-    def max_position_embeddings(self) -> int:
-        return self.n_positions
-
-    @property
-    def num_key_value_heads(self) -> int:
-        """GPT-2 has one key/value head per query head."""
-        return self.n_head
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @property
-    def inner_dim(self) -> int:
-        """MLP width: n_inner, or 4 * n_embd when n_inner is None."""
-        return self.n_inner if self.n_inner is not None else 4 * self.n_embd
+    CONFIG_CLASSES[cls.model_type] = cls
+    return cls
 
 
-@dataclass(kw_only=True)
-class LlamaConfig(ModelConfig):
-    """LLaMA with transformers' field names and defaults (``LlamaConfig().to_dict()``).
-
-    Sizes: C = hidden_size, H = num_attention_heads, H_kv = num_key_value_heads (grouped-query
-    attention when H_kv < H), D = head_dim (default C / H), inner = intermediate_size.
-    """
-
-    model_type: ClassVar[str] = "llama"
-    architecture_names: ClassVar[dict[str, str]] = {
-        "causal_lm": "LlamaForCausalLM",
-        "seq_cls": "LlamaForSequenceClassification",
-        "base": "LlamaModel",
-    }
-
-    vocab_size: int = 32000
-    hidden_size: int = 4096
-    intermediate_size: int = 11008
-    num_hidden_layers: int = 32
-    num_attention_heads: int = 32
-    num_key_value_heads: int | None = None  # None -> num_attention_heads
-    hidden_act: str = "silu"
-    max_position_embeddings: int = 2048
-    initializer_range: float = 0.02
-    rms_norm_eps: float = 1e-6
-    use_cache: bool = True
-    bos_token_id: int | None = 1
-    eos_token_id: int | list[int] | None = 2
-    pretraining_tp: int = 1
-    tie_word_embeddings: bool = False
-    rope_theta: float = 10000.0
-    attention_bias: bool = False
-    attention_dropout: float = 0.0
-    mlp_bias: bool = False
-    head_dim: int | None = None  # None -> hidden_size // num_attention_heads
-
-    def _validate_fields(self) -> None:
-        self._check("a positive int", "vocab_size", "hidden_size", "intermediate_size")
-        self._check("a positive int", "num_hidden_layers", "num_attention_heads")
-        self._check("a positive int", "max_position_embeddings", "pretraining_tp")
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
-        self._check("a positive int", "num_key_value_heads")
-        if self.num_attention_heads % self.num_key_value_heads:
-            _fail(self, "num_attention_heads",
-                  f"a multiple of num_key_value_heads = {self.num_key_value_heads}",
-                  self.num_attention_heads)  # fmt: skip
-        if self.head_dim is None:
-            if self.hidden_size % self.num_attention_heads:
-                _fail(self, "hidden_size",
-                      f"a multiple of num_attention_heads = {self.num_attention_heads} "
-                      "(or set head_dim)", self.hidden_size)  # fmt: skip
-            self.head_dim = self.hidden_size // self.num_attention_heads
-        self._check("a positive int", "head_dim")
-        if self.head_dim % 2:  # RoPE rotates pairs of features
-            _fail(self, "head_dim", "an even number (RoPE rotates feature pairs)", self.head_dim)
-        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
-            _fail(self, "hidden_act", f"one of {SUPPORTED_ACTIVATIONS}", self.hidden_act)
-        self._check("a positive number", "rms_norm_eps", "rope_theta")
-        self._check("a probability in [0, 1)", "attention_dropout")
-        self._check("a non-negative number", "initializer_range")
-        self._check(
-            "True or False", "use_cache", "tie_word_embeddings", "attention_bias", "mlp_bias"
-        )
-        self._check_token_id("bos_token_id", allow_list=False)
-        self._check_token_id("eos_token_id", allow_list=True)
-
-    def _write_special(self, d: dict[str, Any]) -> None:
-        # transformers 5 reads rope_parameters; transformers 4 reads the top-level rope_theta.
-        d["rope_parameters"] = {"rope_theta": float(self.rope_theta), "rope_type": "default"}
-        d["rope_theta"] = float(self.rope_theta)
-
-    @classmethod
-    def _read_special(cls, d: dict[str, Any]) -> None:
-        """Fold ``rope_parameters`` (transformers 5) / ``rope_scaling`` (4) into rope_theta."""
-        thetas = []
-        if d.get("rope_theta") is not None:
-            thetas.append(("rope_theta", d.pop("rope_theta")))
-        for key in ("rope_parameters", "rope_scaling"):
-            params = d.pop(key, None)
-            if params is None:
-                continue
-            if not isinstance(params, dict):
-                raise ValueError(f"LlamaConfig.{key}: expected a dict or null, found {params!r}")
-            original, params = params, dict(params)
-            rope_type = params.pop("rope_type", params.pop("type", "default"))
-            if rope_type != "default":
-                raise ValueError(
-                    f"LlamaConfig.{key}: expected rope_type 'default' (plain RoPE, the only "
-                    f"kind minipeft supports), found {rope_type!r}"
-                )
-            if params.pop("partial_rotary_factor", 1.0) != 1.0:
-                raise ValueError(
-                    f"LlamaConfig.{key}: expected partial_rotary_factor 1.0 (RoPE on all "
-                    f"features), found {original!r}"
-                )
-            if "rope_theta" in params:
-                thetas.append((f"{key}.rope_theta", params.pop("rope_theta")))
-            if params:
-                raise ValueError(
-                    f"LlamaConfig.{key}: expected only rope_theta/rope_type for plain RoPE, "
-                    f"found unsupported keys {sorted(params)}"
-                )
-        if len({float(t) for _, t in thetas if _is_number(t)}) > 1:
-            raise ValueError(f"LlamaConfig.rope_theta: expected one value, found {thetas}")
-        if thetas:
-            d["rope_theta"] = thetas[0][1]
-
-
-CONFIG_CLASSES: dict[str, type[ModelConfig]] = {"gpt2": GPT2Config, "llama": LlamaConfig}
+def _load_builtin_configs() -> None:
+    """Import the built-in config modules (a deliberate lazy import; see above)."""
+    for module in _BUILTIN_CONFIG_MODULES:
+        importlib.import_module(module)  # cached after the first call; registers on first import
 
 
 def config_from_dict(d: dict[str, Any], source: str = "<dict>") -> ModelConfig:
     """Pick the config class from ``d["model_type"]`` and build it."""
+    _load_builtin_configs()
     supported = ", ".join(sorted(CONFIG_CLASSES))
     model_type = d.get("model_type") if isinstance(d, dict) else None
     if model_type is None:

@@ -22,8 +22,8 @@ from .. import nn
 from ..nn import init
 from ..ops.api import cat
 from ..tensor import Tensor
-from .config import GPT2Config
 from .generation import GenerationMixin
+from .gpt2_config import GPT2Config
 from .heads import CausalLMHead, PreTrainedModel, SequenceClassificationHead, get_activation
 from .inputs import (
     build_attention_mask,

@@ -25,7 +25,6 @@ from .. import functional as F
 from .. import nn
 from ..ops.api import cat
 from ..tensor import Tensor
-from .config import LlamaConfig
 from .generation import GenerationMixin
 from .heads import CausalLMHead, PreTrainedModel, SequenceClassificationHead, get_activation
 from .inputs import (
@@ -34,6 +33,7 @@ from .inputs import (
     check_past_key_values,
     position_ids_for,
 )
+from .llama_config import LlamaConfig
 from .outputs import BaseModelOutput
 from .rope import RotaryEmbedding, apply_rotary_pos_emb
 

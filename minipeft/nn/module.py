@@ -24,37 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import check_device, device_of, to_device
 from ..tensor import Tensor
+from .module_repr import module_repr
+from .move import move_tensors_, parse_to_args
 from .parameter import Parameter
 from .state_dict import IncompatibleKeys, load_state_dict_into
 
 __all__ = ["Parameter", "Module", "IncompatibleKeys"]
-
-
-def _addindent(text: str, spaces: int) -> str:
-    lines = text.split("\n")
-    return lines[0] + "".join("\n" + " " * spaces + line for line in lines[1:])
-
-
-def _is_float(arr: Any) -> bool:
-    return arr.dtype.kind == "f"
-
-
-def _split_to_args(args: tuple[Any, ...], device: Any, dtype: Any) -> tuple[Any, Any]:
-    """Sort ``module.to(...)``'s positional arguments into a device and a dtype."""
-    for a in args:
-        if isinstance(a, str) and a.lower().startswith(("cpu", "cuda")):
-            device = a
-        else:
-            try:
-                dtype = np.dtype(a)
-            except TypeError:
-                raise TypeError(
-                    f"to() expected a device ('cpu'/'cuda') or a dtype, found {a!r}"
-                ) from None
-    device = check_device(device) if device is not None else None
-    return device, (np.dtype(dtype) if dtype is not None else None)
 
 
 class Module:
@@ -386,18 +362,8 @@ class Module:
         """Move and/or cast every parameter and buffer **in place**: ``to("cuda")``,
         ``to(mp.float64)``, ``to("cuda", mp.float16)``. The Parameter objects stay the same
         (an optimizer made before keeps working); only float tensors change dtype."""
-        device, dtype = _split_to_args(args, device, dtype)
-        for t in self._tensors():
-            if device is not None and device_of(t.data) != device:
-                t.data = to_device(t.data, device)
-                if t.grad is not None:
-                    t.grad = to_device(t.grad, device)
-            if dtype is not None and _is_float(t.data) and t.data.dtype != dtype:
-                if dtype.kind != "f":
-                    raise TypeError(f"to(dtype) casts float tensors to floats, found {dtype}")
-                t.data = t.data.astype(dtype)
-                if t.grad is not None:
-                    t.grad = t.grad.astype(dtype)
+        device, dtype = parse_to_args(args, device, dtype)
+        move_tensors_(self._tensors(), device, dtype)  # see move.py
         return self
 
     def cpu(self) -> Module:
@@ -428,13 +394,4 @@ class Module:
         return ""
 
     def __repr__(self) -> str:
-        extra = self.extra_repr()
-        extra_lines = extra.split("\n") if extra else []
-        child_lines = [f"({name}): {_addindent(repr(m), 2)}" for name, m in self._modules.items()]
-        lines = extra_lines + child_lines
-        body = ""
-        if len(extra_lines) == 1 and not child_lines:
-            body = extra_lines[0]
-        elif lines:
-            body = "\n  " + "\n  ".join(lines) + "\n"
-        return f"{type(self).__name__}({body})"
+        return module_repr(self)  # the nested PyTorch layout; see module_repr.py

@@ -1,13 +1,14 @@
 """Composite reference implementations, built only from primitive Tensor ops.
 
-Each function here computes what a fused Function in :mod:`minipeft.ops.fused` computes, but as
-a chain of primitives (exp, sum, matmul, where, ...) whose backward autograd derives by itself.
-They are slower and keep more arrays alive; they exist to be *obviously right*, so the tests and
-the lessons can check each fused op (values and gradients) against its twin.
+Each function here computes what a fused Function in :mod:`minipeft.ops.fused` (attention:
+:mod:`minipeft.ops.fused_attention`) computes, but as a chain of primitives (exp, sum, matmul,
+where, ...) whose backward autograd derives by itself. They are slower and keep more arrays
+alive; they exist to be *obviously right*, so the tests and the lessons can check each fused op
+(values and gradients) against its twin.
 
-The arguments are already validated (by :mod:`minipeft.functional`); shapes follow it:
-logits (N, V) with targets (N,), norms over the last axis, attention q (*, H, Tq, D) and
-k, v (*, Hkv, Tk, D).
+The arguments are already validated (by :mod:`minipeft.functional` and
+:mod:`minipeft.attention`); shapes follow it: logits (N, V) with targets (N,), norms over the last
+axis, attention q (*, H, Tq, D) and k, v (*, Hkv, Tk, D).
 """
 
 from __future__ import annotations

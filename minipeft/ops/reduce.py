@@ -11,7 +11,7 @@ from typing import Any
 from ..autograd import Context, Function
 from ..backend import xp_of
 
-__all__ = ["Sum", "Mean", "Max", "Var", "normalize_axes"]
+__all__ = ["Sum", "Mean", "Max", "Var", "normalize_axes", "stable_max"]
 
 Axes = tuple[int, ...] | None
 
@@ -28,6 +28,14 @@ def normalize_axes(axis: Any, ndim: int) -> Axes:
         out.append(a % ndim if ndim else None)
     # a 0-d tensor accepts dim 0 / -1 (as PyTorch does) and has no axis to reduce
     return tuple(sorted({a for a in out if a is not None}))
+
+
+def stable_max(x: Any, axis: Any) -> Any:
+    """Raw-array row max (keepdims) with ±inf replaced by 0, so x - m is never inf - inf (= NaN)
+    for a -inf row. Used by the fused softmax-style Functions to shift before exponentiating."""
+    xp = xp_of(x)
+    m = x.max(axis=axis, keepdims=True)
+    return xp.where(xp.isfinite(m), m, 0)
 
 
 def _expand(g: Any, shape: tuple[int, ...], axes: Axes, keepdims: bool) -> Any:

@@ -5,8 +5,9 @@ from minipeft.peft import LoraConfig, get_peft_model, PeftModel, TaskType
 
 from __future__ import annotations
 
-from .config import LoraConfig, PeftConfig, PeftType, TaskType
+from .config import PeftConfig, PeftType, TaskType
 from .lora import LoraLayer
+from .lora_config import LoraConfig
 from .modules_to_save import ModulesToSaveWrapper
 from .peft_model import PeftModel, get_peft_model
 from .tuner import LoraModel

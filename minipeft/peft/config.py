@@ -1,13 +1,13 @@
-"""PEFT configurations: validated dataclasses that read and write PEFT's ``adapter_config.json``.
+"""PEFT configurations: the base ``PeftConfig`` that reads and writes ``adapter_config.json``.
 
 A config names *which* modules get an adapter and *how big* it is; it holds no tensors. The field
 names, defaults and JSON layout mirror Hugging Face PEFT 0.21.2, so a folder written here loads with
 ``peft.LoraConfig.from_pretrained`` and a folder written by PEFT loads here.
 
-LoRA (Hu et al., 2021) replaces ``y = x W^T`` by ``y = x W^T + s * (dropout(x) A^T) B^T`` with
-A (r, in), B (out, r) and the scaling ``s = lora_alpha / r`` (or ``lora_alpha / sqrt(r)`` with
-rank-stabilised LoRA, Kalajdzievski 2023). ``rank_pattern`` / ``alpha_pattern`` override r and
-alpha per module (see :func:`get_pattern_key`).
+This module holds what every method shares: the ``PeftType`` / ``TaskType`` enums, ``PeftConfig``
+(validation, JSON round trip, unknown keys kept), the registry that maps a file's ``peft_type`` to
+its config class, and PEFT's ``rank_pattern`` / target-module helpers. Each method's config lives
+in its own module and registers itself (LoRA: :mod:`minipeft.peft.lora_config`).
 
 This module is pure Python: it never imports the engine, so configs can be read without a model.
 """
@@ -15,12 +15,12 @@ This module is pure Python: it never imports the engine, so configs can be read 
 from __future__ import annotations
 
 import enum
+import importlib
 import json
-import math
 import os
 import re
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from minipeft.fileio import atomic_write_text
@@ -29,7 +29,6 @@ __all__ = [
     "CONFIG_NAME",
     "DEFAULT_LORA_TARGETS",
     "PEFT_FORMAT_VERSION",
-    "LoraConfig",
     "PeftConfig",
     "PeftType",
     "TaskType",
@@ -111,6 +110,11 @@ class TaskType(str, enum.Enum):
 DEFAULT_LORA_TARGETS: dict[str, list[str]] = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
 
 _CONFIG_REGISTRY: dict[PeftType, type[PeftConfig]] = {}
+# Modules whose import registers a built-in config class. They subclass PeftConfig from here, so
+# this module cannot import them at the top (a cycle); `_load_builtin_configs` imports them on the
+# first registry lookup, so `PeftConfig.from_pretrained` finds LoraConfig even when only this
+# module was imported. (`minipeft.peft` imports them eagerly as well.)
+_BUILTIN_CONFIG_MODULES = ("minipeft.peft.lora_config",)
 
 
 def _plain(value: Any) -> Any:
@@ -148,14 +152,22 @@ def register_config(cls: type[PeftConfig]) -> type[PeftConfig]:
     return cls
 
 
+def _load_builtin_configs() -> None:
+    """Import the built-in config modules (a deliberate lazy import; see above)."""
+    for module in _BUILTIN_CONFIG_MODULES:
+        importlib.import_module(module)  # cached after the first call; registers on first import
+
+
 def supported_peft_types() -> list[str]:
     """The ``peft_type`` values this library can build a config for."""
+    _load_builtin_configs()
     return sorted(t.value for t in _CONFIG_REGISTRY)
 
 
 def config_class_for(peft_type: str | PeftType) -> type[PeftConfig]:
     """Config class registered for ``peft_type``; a clear error names the supported ones."""
     key = peft_type.value if isinstance(peft_type, PeftType) else peft_type
+    _load_builtin_configs()
     for t, cls in _CONFIG_REGISTRY.items():
         if t.value == key:
             return cls
@@ -336,207 +348,3 @@ def resolve_target_modules(config: Any, model_type: str | None = None) -> list[s
     if model_type is None:
         raise ValueError("target_modules is None and no model_type was given; pass target_modules")
     return default_target_modules(model_type)
-
-
-# PEFT initialisations that need data, an SVD or a quantiser; named so the error can say so.
-_UNSUPPORTED_INITS = ("eva", "olora", "pissa", "corda", "loftq", "orthogonal", "mica", "lora_ga")
-# Fields that switch on a LoRA variant we do not implement: (value meaning "off", what it enables).
-_UNSUPPORTED_FEATURES: dict[str, tuple[Any, str]] = {
-    "use_dora": (False, "DoRA"),
-    "lora_bias": (False, "a bias on lora_B"),
-    "use_qalora": (False, "QA-LoRA"),
-    "target_parameters": (None, "LoRA on bare nn.Parameters"),
-    "trainable_token_indices": (None, "trainable tokens"),
-    "layer_replication": (None, "layer replication"),
-    "megatron_config": (None, "Megatron parallel layers"),
-    "velora_config": (None, "VeLoRA"),
-    "alora_invocation_tokens": (None, "activated LoRA (aLoRA)"),
-    "monteclora_config": (None, "MonteCLoRA"),
-    "use_bdlora": (None, "block-diagonal LoRA"),
-    "arrow_config": (None, "Arrow routing"),
-    "kasa_config": (None, "KaSA"),
-    "ensure_weight_tying": (False, "tied adapters"),
-}
-# Sub-configs that only matter for an initialisation we reject: ignored with a warning, like PEFT.
-_INIT_ONLY_CONFIGS = ("eva_config", "corda_config", "lora_ga_config")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-@register_config
-@dataclass
-class LoraConfig(PeftConfig):
-    """LoRA settings with PEFT 0.21.2's field names and defaults (``LoraConfig().to_dict()`` has
-    PEFT's exact key set). Fields for LoRA variants minipeft does not implement exist so files
-    round-trip, and setting them raises a ValueError naming the feature.
-    """
-
-    PEFT_TYPE: ClassVar[PeftType | None] = PeftType.LORA
-
-    r: int = 8
-    target_modules: list[str] | str | None = None  # names (equal or ".name" suffix) or a regex
-    exclude_modules: list[str] | str | None = None
-    lora_alpha: float = 8
-    lora_dropout: float = 0.0
-    fan_in_fan_out: bool = False  # base weight stored (in, out), e.g. GPT-2's Conv1D
-    bias: str = "none"  # "none" | "all" | "lora_only": which biases train and are saved
-    use_rslora: bool = False  # scaling alpha / sqrt(r) instead of alpha / r
-    modules_to_save: list[str] | None = None  # fully trained, saved copies (e.g. "score")
-    init_lora_weights: bool | str = True  # True: B = 0; False: random A, B; "gaussian"
-    layers_to_transform: list[int] | int | None = None
-    layers_pattern: list[str] | str | None = None
-    rank_pattern: dict[str, int] = field(default_factory=dict)
-    alpha_pattern: dict[str, float] = field(default_factory=dict)
-    megatron_config: dict | None = None
-    megatron_core: str | None = "megatron.core"
-    trainable_token_indices: list[int] | dict | None = None
-    loftq_config: dict = field(default_factory=dict)
-    eva_config: dict | None = None
-    corda_config: dict | None = None
-    lora_ga_config: dict | None = None
-    use_dora: bool = False
-    velora_config: dict | None = None
-    alora_invocation_tokens: list[int] | None = None
-    use_qalora: bool = False
-    qalora_group_size: int = 16
-    monteclora_config: dict | None = None
-    layer_replication: list | None = None
-    lora_bias: bool = False
-    target_parameters: list[str] | None = None
-    use_bdlora: dict | None = None
-    arrow_config: dict | None = None
-    kasa_config: dict | None = None
-    ensure_weight_tying: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._check_unsupported()
-        self._check_sizes()
-        self.target_modules = self._names(self.target_modules, "target_modules")
-        self.exclude_modules = self._names(self.exclude_modules, "exclude_modules")
-        to_save = self.modules_to_save
-        if to_save is not None:
-            if isinstance(to_save, str) or not all(isinstance(m, str) for m in to_save):
-                raise self._bad("modules_to_save", "None or a list of module names", to_save)
-            self.modules_to_save = list(to_save)
-        self._check_layers()
-        self._check_patterns()
-
-    def _bad(self, name: str, expected: str, found: Any, note: str = "") -> ValueError:
-        """The one error shape: ``<Class>.<field>: expected ..., found ...``."""
-        return ValueError(
-            f"{type(self).__name__}.{name}: expected {expected}, found {found!r}{note}"
-        )
-
-    def _regex(self, pattern: str, name: str) -> None:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise self._bad(name, "a valid regular expression", pattern, f" ({exc})") from None
-
-    def _names(self, value: Any, name: str) -> list[str] | str | None:
-        """None | regex str | collection of module names -> None | str | sorted unique list."""
-        if isinstance(value, str):
-            self._regex(value, name)
-            return value
-        if value is None:
-            return None
-        if isinstance(value, (list, tuple, set, frozenset)) and all(
-            isinstance(v, str) for v in value
-        ):
-            return sorted(set(value))
-        raise self._bad(name, "None, a regex string or a list of module names", value)
-
-    def _check_unsupported(self) -> None:
-        for name, (off, feature) in _UNSUPPORTED_FEATURES.items():
-            if getattr(self, name) != off:
-                note = f" (minipeft does not implement {feature})"
-                raise self._bad(name, repr(off), getattr(self, name), note)
-        init = self.init_lora_weights
-        if not isinstance(init, bool) and init != "gaussian":
-            known = isinstance(init, str) and (
-                init in _UNSUPPORTED_INITS or init.startswith(("pissa_niter_", "corda"))
-            )
-            note = ", a PEFT initialisation minipeft does not implement" if known else ""
-            raise self._bad("init_lora_weights", "True, False or 'gaussian'", init, note)
-        if self.loftq_config:
-            warnings.warn("LoraConfig: `loftq_config` is ignored (no LoftQ here)", stacklevel=3)
-            self.loftq_config = {}
-        for name in _INIT_ONLY_CONFIGS:
-            if getattr(self, name) is not None:
-                warnings.warn(f"LoraConfig: `{name}` is ignored by init={init!r}", stacklevel=3)
-
-    def _check_sizes(self) -> None:
-        if not _is_int(self.r) or self.r <= 0:
-            raise self._bad("r", "a positive integer", self.r)
-        if not _is_finite(self.lora_alpha):
-            raise self._bad("lora_alpha", "a finite number", self.lora_alpha)
-        if not _is_finite(self.lora_dropout) or not 0.0 <= self.lora_dropout < 1.0:
-            raise self._bad("lora_dropout", "a number in [0, 1)", self.lora_dropout)
-        if self.bias not in ("none", "all", "lora_only"):
-            raise self._bad("bias", "'none', 'all' or 'lora_only'", self.bias)
-        for name in ("fan_in_fan_out", "use_rslora"):
-            if not isinstance(getattr(self, name), bool):
-                raise self._bad(name, "a bool", getattr(self, name))
-
-    def _check_layers(self) -> None:
-        layers, pattern = self.layers_to_transform, self.layers_pattern
-        if layers is not None:
-            items = list(layers) if isinstance(layers, (list, tuple)) else [layers]
-            if not all(_is_int(i) and i >= 0 for i in items):
-                raise self._bad(
-                    "layers_to_transform", "a layer index >= 0 or a list of them", layers
-                )
-            self.layers_to_transform = layers if _is_int(layers) else items
-        if pattern is not None:
-            items = [pattern] if isinstance(pattern, str) else pattern
-            if not isinstance(items, (list, tuple)) or not all(isinstance(p, str) for p in items):
-                raise self._bad("layers_pattern", "a string or a list of strings", pattern)
-            for p in items:
-                self._regex(p, "layers_pattern")
-            self.layers_pattern = pattern if isinstance(pattern, str) else list(pattern)
-        # Layer filtering reads the index out of the module name, which a regex target replaces.
-        if isinstance(self.target_modules, str) and (layers is not None or pattern is not None):
-            raise self._bad(
-                "layers_to_transform", "None when target_modules is a regex", layers,
-                f" (layers_pattern={pattern!r}, target_modules={self.target_modules!r})",
-            )  # fmt: skip
-        if pattern and layers is None:
-            raise self._bad("layers_to_transform", "layer indices when layers_pattern is set", None)
-
-    def _check_patterns(self) -> None:
-        for name, positive_int in (("rank_pattern", True), ("alpha_pattern", False)):
-            pattern = getattr(self, name)
-            pattern = {} if pattern is None else pattern  # older files may write null
-            if not isinstance(pattern, dict):
-                raise self._bad(name, "a dict of {regex: value}", pattern)
-            for key, value in pattern.items():
-                if not isinstance(key, str):
-                    raise self._bad(name, "string keys", key)
-                self._regex(key, name)
-                ok = (_is_int(value) and value > 0) if positive_int else _is_finite(value)
-                if not ok:
-                    expected = "a positive integer rank" if positive_int else "a finite alpha"
-                    raise self._bad(f"{name}[{key!r}]", expected, value)
-            setattr(self, name, dict(pattern))
-
-    def get_r(self, module_name: str) -> int:
-        """Rank for ``module_name`` (relative to the base model: ``transformer.h.0.attn.c_attn``),
-        applying ``rank_pattern`` via :func:`get_pattern_key`."""
-        return self.rank_pattern.get(get_pattern_key(self.rank_pattern.keys(), module_name), self.r)
-
-    def get_alpha(self, module_name: str) -> float:
-        """Alpha for ``module_name``, applying ``alpha_pattern`` like :meth:`get_r`."""
-        key = get_pattern_key(self.alpha_pattern.keys(), module_name)
-        return self.alpha_pattern.get(key, self.lora_alpha)
-
-    def scaling_for(self, module_name: str) -> float:
-        """LoRA scale s: alpha / r, or alpha / sqrt(r) with ``use_rslora``."""
-        r, alpha = self.get_r(module_name), self.get_alpha(module_name)
-        return alpha / math.sqrt(r) if self.use_rslora else alpha / r

@@ -29,7 +29,8 @@ from .adapter_io import (
     save_adapter,
     to_peft_keys,
 )
-from .config import LoraConfig, PeftConfig, TaskType
+from .config import PeftConfig, TaskType
+from .lora_config import LoraConfig
 from .matching import SEQ_CLS_HEAD_NAMES
 from .tuner import LoraModel
 
@@ -162,7 +163,8 @@ class PeftModel(Module):
                 raise ValueError(f"adapter {name!r} not found; available: {list(self.peft_config)}")
             config = copy.deepcopy(self.peft_config[name])
             if not getattr(config, "base_model_name_or_path", None):
-                config.base_model_name_or_path = getattr(self.get_base_model(), "name_or_path", None)
+                base = self.get_base_model()
+                config.base_model_name_or_path = getattr(base, "name_or_path", None)
             save_adapter(save_directory, config, self.adapter_state_dict(name), name)
 
     @classmethod

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..nn import Module
-from .config import LoraConfig, PeftConfig, resolve_target_modules
+from .config import PeftConfig, resolve_target_modules
 from .lora import LoraLayer, is_linear
+from .lora_config import LoraConfig
 from .matching import find_targets, is_module_to_save
 from .modules_to_save import ModulesToSaveWrapper
 
