@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout")
     p.add_argument("--targets", nargs="+", default=None, help="target module names "
                    "(default: the architecture's; 'all-linear' for every linear)")  # fmt: skip
-    _common(p, steps=150, lr=3e-3)
+    _common(p, steps=150, lr=1e-2)
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("merge", help="merge an adapter into its base and save an HF folder")

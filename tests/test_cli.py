@@ -177,7 +177,7 @@ def test_quickstart_prints_the_table(work: Path, base: Path, monkeypatch, capsys
     result = quickstart_module.quickstart(out=str(work / "qs"), steps=2, progress=False)
     out = capsys.readouterr().out
     assert "using the cached base model" in out  # no pretraining: the nano base is reused
-    for row in ("docstrings held-out loss", "pydoc (pretraining) loss", "trainable parameters",
+    for row in ("docstrings held-out loss", "pydoc (pretraining) loss", "parameters trained",
                 "size on disk", "time"):  # fmt: skip
         assert any(line.startswith(row) for line in out.splitlines()), row
     assert {"before", "after", "pretrain_domain", "trainable", "adapter_bytes"} <= result.keys()

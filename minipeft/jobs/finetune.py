@@ -110,7 +110,7 @@ def finetune(
     dropout: float = 0.0,
     targets: list[str] | str | None = None,
     steps: int = 150,
-    lr: float = 3e-3,
+    lr: float = 1e-2,
     batch_size: int = 16,
     block_size: int = 128,
     device: str = "cpu",

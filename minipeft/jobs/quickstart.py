@@ -77,7 +77,7 @@ def quickstart(out: str = "runs/quickstart", steps: int = 150, device: str = "cp
         ("docstrings perplexity", f"{math.exp(ft.before['loss']):.1f}",
          f"{math.exp(ft.after['loss']):.1f}"),
         ("pydoc (pretraining) loss", f"{base_domain:.3f}", f"{merged_domain:.3f}"),
-        ("trainable parameters", f"{ft.all_params - ft.trainable_params:,}",
+        ("parameters trained", f"{ft.all_params - ft.trainable_params:,} (full FT)",
          f"{ft.trainable_params:,} ({100 * ft.trainable_params / ft.all_params:.2f}%)"),
         ("size on disk", _kb(folder_bytes(base)), f"{_kb(ft.adapter_bytes)} adapter"),
         ("time", f"{pretrain_s:.0f} s pretrain" if pretrain_s else "cached",
