@@ -29,7 +29,7 @@ import numpy as np
 import minipeft as mp
 import minipeft.functional as F
 from minipeft import nn, optim
-from minipeft.models.checkpoint import load_safetensors, save_safetensors
+from minipeft.fileio import load_safetensors, save_safetensors
 
 # %% [markdown]
 # ## 1. The data: two spirals

@@ -40,6 +40,8 @@ _CUDA_HINT = (
     "install the CUDA extra that matches your driver: pip install -e '.[cuda12]' "
     "(cupy-cuda12x) or pip install -e '.[cuda13]' (cupy-cuda13x)"
 )
+_GPU_HINT = "check that `nvidia-smi` lists a GPU and that CUDA_VISIBLE_DEVICES does not hide it"
+_NO_CUPY = "CuPy is not installed"
 
 
 class DeviceError(RuntimeError):
@@ -64,7 +66,7 @@ def _load_cupy() -> Any:
             else:
                 _cupy = cupy
         except ImportError:
-            _cupy_error = "CuPy is not installed"
+            _cupy_error = _NO_CUPY
         except Exception as exc:  # a driver/runtime error: report it, don't crash
             _cupy_error = f"CuPy could not reach a GPU ({type(exc).__name__}: {exc})"
     return _cupy
@@ -84,7 +86,9 @@ def check_device(device: Any) -> str:
         if name not in ("cuda", "cuda:0"):
             raise DeviceError(f"expected device 'cpu', 'cuda' or 'cuda:0', found {device!r}")
         if not cuda_available():
-            raise DeviceError(f"device 'cuda' is not available: {_cupy_error}; {_CUDA_HINT}")
+            # installing CuPy only helps when it is missing; otherwise the GPU/driver is the issue
+            hint = _CUDA_HINT if _cupy_error == _NO_CUPY else _GPU_HINT
+            raise DeviceError(f"device 'cuda' is not available: {_cupy_error}; {hint}")
         return "cuda"
     if name != "cpu":
         raise DeviceError(f"unknown device {device!r}: expected one of {DEVICES}")

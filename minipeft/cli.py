@@ -47,12 +47,45 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sampling(args: argparse.Namespace) -> tuple[bool, float]:
+    """(do_sample, temperature): sample when --temperature > 0 or --top-k/--top-p is given."""
+    temperature = args.temperature
+    if temperature is not None and not temperature >= 0:
+        raise ValueError(f"--temperature: expected a number >= 0 (0 = greedy), found {temperature}")
+    filters = args.top_k is not None or args.top_p is not None
+    if temperature == 0 and filters:
+        raise ValueError(
+            "--temperature 0 means greedy decoding, which ignores --top-k/--top-p; expected "
+            "a temperature > 0 (or none, which samples at 1.0) to sample with them"
+        )
+    if temperature is None:
+        return filters, 1.0
+    return temperature > 0, temperature if temperature > 0 else 1.0
+
+
+def _check_causal_lm_adapter(adapter: str) -> None:
+    """Fail early, and say why, when an adapter was trained for another head than an LM's."""
+    from .peft import PeftConfig, TaskType  # noqa: PLC0415
+
+    task = PeftConfig.from_pretrained(adapter).task_type
+    task = getattr(task, "value", task)
+    if task not in (None, TaskType.CAUSAL_LM.value):
+        kind = " (classification)" if task == TaskType.SEQ_CLS.value else ""
+        raise ValueError(
+            f"{adapter}: the adapter is a {task}{kind} adapter; generate needs a "
+            f"{TaskType.CAUSAL_LM.value} one (fine-tuned on a causal_lm task such as docstrings)"
+        )
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .creation import tensor  # noqa: PLC0415
     from .jobs.pretrain import default_base_dir  # noqa: PLC0415
     from .models import AutoModelForCausalLM  # noqa: PLC0415
     from .tokenizer import Tokenizer  # noqa: PLC0415
 
+    do_sample, temperature = _sampling(args)
+    if args.adapter:
+        _check_causal_lm_adapter(args.adapter)
     path = args.model or default_base_dir()
     tokenizer = Tokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, device=args.device)
@@ -65,8 +98,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"the prompt {args.prompt!r} encodes to no tokens")
     out = model.generate(
         tensor([ids], device=args.device), max_new_tokens=args.max_new_tokens,
-        do_sample=args.temperature > 0, temperature=max(args.temperature, 1e-6),
-        top_k=args.top_k, top_p=args.top_p, eos_token_id=tokenizer.eos_token_id, seed=args.seed,
+        do_sample=do_sample, temperature=temperature, top_k=args.top_k, top_p=args.top_p,
+        eos_token_id=tokenizer.eos_token_id, seed=args.seed,
     )  # fmt: skip
     print(tokenizer.decode(out.numpy()[0].tolist()))
     return 0
@@ -143,9 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", default=None, help="a LoRA adapter folder to apply")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature; 0 "
+                   "= greedy (the default, unless --top-k/--top-p is given: then 1.0)")  # fmt: skip
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest tokens")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="sample from the smallest set of tokens with probability >= p")  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_generate)

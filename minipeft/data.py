@@ -27,8 +27,12 @@ import itertools
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer
 
 __all__ = [
     "BatchStream",
@@ -122,7 +126,7 @@ def train_val_split(
 
 
 # --------------------------------------------------------------------------------- LM blocks
-def tokenize_documents(tokenizer, documents: Sequence[str]) -> np.ndarray:
+def tokenize_documents(tokenizer: Tokenizer, documents: Sequence[str]) -> np.ndarray:
     """One token stream: ``doc_0 <eos> doc_1 <eos> ...`` as a 1-D ``np.int64`` array.
 
     The eos after each document tells the model where one text ends and the next begins (GPT-2
@@ -174,7 +178,7 @@ class TokenBlockDataset:
 
     @classmethod
     def from_documents(
-        cls, tokenizer, documents: Sequence[str], block_size: int
+        cls, tokenizer: Tokenizer, documents: Sequence[str], block_size: int
     ) -> TokenBlockDataset:
         """Tokenize ``documents`` (eos after each) and cut the stream into blocks."""
         return cls(tokenize_documents(tokenizer, documents), block_size)
@@ -190,14 +194,16 @@ class TokenBlockDataset:
         return f"TokenBlockDataset(num_blocks={len(self)}, block_size={self.block_size})"
 
 
-def _as_blocks(blocks) -> np.ndarray:
+def _as_blocks(blocks: np.ndarray | TokenBlockDataset) -> np.ndarray:
     blocks = blocks.blocks if isinstance(blocks, TokenBlockDataset) else np.asarray(blocks)
     if blocks.ndim != 2:
         raise ValueError(f"blocks must be 2-D (N, T), got shape {blocks.shape}")
     return blocks
 
 
-def _batch_order(n: int, batch_size: int, shuffle: bool, rng, drop_last: bool):
+def _batch_order(
+    n: int, batch_size: int, shuffle: bool, rng: np.random.Generator, drop_last: bool
+) -> list[np.ndarray]:
     """Index arrays of each batch in one epoch: a permutation (or arange) cut into chunks."""
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -207,7 +213,7 @@ def _batch_order(n: int, batch_size: int, shuffle: bool, rng, drop_last: bool):
 
 
 def iterate_batches(
-    blocks,
+    blocks: np.ndarray | TokenBlockDataset,
     batch_size: int,
     shuffle: bool = True,
     seed: int = 0,
@@ -234,7 +240,14 @@ class BatchStream:
     so a training loop can log both. Epoch ``e`` is exactly ``iterate_batches(..., epoch=e)``.
     """
 
-    def __init__(self, blocks, batch_size: int, shuffle=True, seed=0, drop_last=True) -> None:
+    def __init__(
+        self,
+        blocks: np.ndarray | TokenBlockDataset,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = True,
+    ) -> None:
         self.blocks = _as_blocks(blocks)
         self.batch_size = int(batch_size)
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
@@ -251,7 +264,7 @@ class BatchStream:
         self.epoch, self.step = 0, 0
         self._it = self._generate()
 
-    def _generate(self):
+    def _generate(self) -> Iterator[dict[str, np.ndarray]]:
         for epoch in itertools.count():
             self.epoch = epoch
             args = (self.blocks, self.batch_size, self.shuffle, self.seed, self.drop_last)
@@ -267,7 +280,11 @@ class BatchStream:
 
 
 def batch_stream(
-    blocks, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = True
+    blocks: np.ndarray | TokenBlockDataset,
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int = 0,
+    drop_last: bool = True,
 ) -> BatchStream:
     """Endless LM batches for a step-based training loop (see ``BatchStream``)."""
     return BatchStream(blocks, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
@@ -275,7 +292,7 @@ def batch_stream(
 
 # --------------------------------------------------------------------------------- classification
 def classification_batches(
-    tokenizer,
+    tokenizer: Tokenizer,
     texts: Sequence[str],
     labels: Sequence[int],
     batch_size: int,

@@ -1,4 +1,5 @@
-"""``minipeft.functional`` (import as ``F``): activations, norms, losses and attention.
+"""``minipeft.functional`` (import as ``F``): activations, norms, losses, attention — and the
+Tensor ops (``add``, ``sum``, ``reshape``, ...) as functions, as ``torch`` has them.
 
 Names and signatures follow ``torch.nn.functional``. Each function validates its arguments
 (errors name what was expected and what was found; the shared checks are in
@@ -17,6 +18,10 @@ sigmoid, tanh
 linear, embedding                      W (out, in) as PyTorch stores it; ids checked in [0, V)
 dropout                                inverted dropout, seeded per device or by ``generator``
 scaled_dot_product_attention           causal mask aligned to the *last* keys (see there)
+add, sub, mul, truediv/div, neg, pow,  the Tensor operators and methods as functions,
+exp, log, sum, mean, max, reshape,     re-exported from :mod:`minipeft.ops.api`:
+transpose, cat, split, where, ...      ``F.add(x, 1.0)`` is ``x + 1.0``, ``F.sum(x, 1)``
+                                       is ``x.sum(1)`` (see ``__all__`` for the full list)
 =====================================  ===================================================
 
 Importing this module also installs ``Tensor.softmax(dim)``, ``Tensor.log_softmax(dim)`` and
@@ -33,29 +38,65 @@ from .attention import scaled_dot_product_attention
 from .backend import xp_of
 from .functional_checks import const_array, float_tensor, keep_mask, same_dtype
 from .ops import fused as FU
-from .ops.api import relu, sigmoid, silu, tanh
+from .ops.api import (
+    abs,
+    add,
+    amax,
+    broadcast_to,
+    cat,
+    chunk,
+    clip,
+    div,
+    exp,
+    expand,
+    flatten,
+    log,
+    masked_fill,
+    matmul,
+    max,
+    maximum,
+    mean,
+    minimum,
+    mul,
+    neg,
+    permute,
+    pow,
+    relu,
+    reshape,
+    sigmoid,
+    silu,
+    split,
+    sqrt,
+    squeeze,
+    stack,
+    sub,
+    sum,
+    swapaxes,
+    tanh,
+    transpose,
+    truediv,
+    unsqueeze,
+    var,
+    where,
+)
 from .ops.matmul import Linear
 from .ops.movement import Embedding
 from .ops.reduce import normalize_axes
 from .tensor import Tensor
 
 __all__ = [
-    "softmax",
-    "log_softmax",
-    "logsumexp",
-    "cross_entropy",
-    "layer_norm",
-    "rms_norm",
-    "gelu",
-    "silu",
-    "relu",
-    "sigmoid",
-    "tanh",
-    "linear",
-    "embedding",
-    "dropout",
+    # activations, norms, losses and attention: defined below (fused ops)
+    "softmax", "log_softmax", "logsumexp", "cross_entropy", "layer_norm", "rms_norm", "gelu",
+    "silu", "relu", "sigmoid", "tanh", "linear", "embedding", "dropout",
     "scaled_dot_product_attention",
-]
+    # the Tensor operators and methods as functions (one definition, in ops/api.py)
+    "add", "sub", "mul", "truediv", "div", "neg", "pow", "exp", "log", "sqrt", "abs", "maximum",
+    "minimum", "where", "masked_fill", "clip", "clamp", "sum", "mean", "max", "amax", "var",
+    "matmul", "reshape", "transpose", "permute", "swapaxes", "broadcast_to", "expand",
+    "unsqueeze", "squeeze", "flatten", "cat", "stack", "split", "chunk",
+]  # fmt: skip
+
+clamp = clip  # PyTorch has both names
 
 
 def _dim(dim: int, x: Tensor) -> int:
@@ -253,13 +294,16 @@ def dropout(
     ``training`` is False or p == 0, so evaluation needs no rescaling.
 
     Randomness comes from ``generator`` (e.g. ``minipeft.backend.get_rng(device, seed)``) or
-    the device's global generator (:func:`minipeft.manual_seed`). p must be in [0, 1).
+    the device's global generator (:func:`minipeft.manual_seed`). p must be in [0, 1]; p == 1
+    drops everything: zeros with a zero gradient (no 1/(1 - p) scale), as in PyTorch.
     """
     x = float_tensor(input, "dropout")
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout: p must be in [0, 1), found {p}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], found {p}")
     if not training or p == 0:
         return x
+    if p == 1:
+        return x * 0.0  # PyTorch's p == 1 path: input * 0 (draws no random numbers)
     keep = keep_mask(x.shape, p, x.device, generator, "dropout")
     return FU.Dropout.apply(x, keep=keep, p=float(p))
 

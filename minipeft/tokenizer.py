@@ -198,7 +198,9 @@ class Tokenizer:
         ids = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
         return self._backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
-    def batch_decode(self, batch: Iterable[Iterable[int]], skip_special_tokens: bool = True):
+    def batch_decode(
+        self, batch: Iterable[Iterable[int]], skip_special_tokens: bool = True
+    ) -> list[str]:
         """Decode each row of a (B, T) array or list of id lists; returns a list of B strings."""
         return [self.decode(ids, skip_special_tokens=skip_special_tokens) for ids in batch]
 

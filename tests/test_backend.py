@@ -23,6 +23,28 @@ def test_devices_and_device_names() -> None:
         B.check_device("mps")
 
 
+@pytest.mark.parametrize(
+    ("error", "hint"),
+    [
+        ("CuPy is not installed", "install the CUDA extra"),
+        ("CuPy is installed but no CUDA GPU was found", "nvidia-smi"),
+        ("CuPy could not reach a GPU (CUDARuntimeError: driver too old)", "nvidia-smi"),
+    ],
+)
+def test_cuda_unavailable_error_gives_the_hint_for_its_cause(
+    monkeypatch: pytest.MonkeyPatch, error: str, hint: str
+) -> None:
+    monkeypatch.setattr(B, "_cupy_checked", True)
+    monkeypatch.setattr(B, "_cupy", None)
+    monkeypatch.setattr(B, "_cupy_error", error)
+    with pytest.raises(B.DeviceError) as info:
+        B.check_device("cuda")
+    message = str(info.value)
+    assert error in message and hint in message
+    # installing CuPy does not help when it is already installed
+    assert ("pip install" in message) == (error == "CuPy is not installed")
+
+
 def test_array_modules_follow_the_data(device: str) -> None:
     xp = B.get_xp(device)
     arr = xp.arange(3.0)

@@ -251,6 +251,32 @@ def test_check_state_dict_lists_everything():
     assert msg.startswith("/ckpt/folder: checkpoint does not match the model")
     assert "1 missing keys: c" in msg and "1 unexpected keys: z" in msg
     assert "a (expected (2, 3), found (3, 2))" in msg
+    with pytest.raises(ValueError) as info:  # with the shard of each key found
+        check_state_dict(expected, found, "index.json in f", where={"a": "s1", "z": "s2"})
+    msg = str(info.value)
+    assert "a (expected (2, 3), found (3, 2)) [in s1]" in msg and "z [in s2]" in msg
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["single", "sharded"])
+def test_load_errors_name_the_weights_file(tmp_path, sharded):
+    from minipeft.models import GPT2LMHeadModel
+
+    cfg = GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=50, n_positions=16)
+    model = GPT2LMHeadModel(cfg, seed=0)
+    model.save_pretrained(tmp_path, max_shard_size="2KB" if sharded else "5GB")
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "n_layer": 1}))  # h.1 unexpected
+    with pytest.raises(ValueError) as info:
+        GPT2LMHeadModel.from_pretrained(tmp_path)
+    msg = str(info.value)
+    if not sharded:
+        assert msg.startswith(f"{SAFE_WEIGHTS_NAME} in {tmp_path}: checkpoint does not match")
+        assert "[in " not in msg
+    else:
+        assert msg.startswith(f"{SAFE_WEIGHTS_INDEX_NAME} in {tmp_path}: checkpoint does not")
+        index = json.loads((tmp_path / SAFE_WEIGHTS_INDEX_NAME).read_text())["weight_map"]
+        key = "transformer.h.1.mlp.c_fc.weight"
+        assert f"{key} [in {index[key]}]" in msg  # the shard holding the unexpected tensor
 
 
 # -------------------------------------------------------------------------------- configs

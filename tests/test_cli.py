@@ -9,6 +9,8 @@ generate → quickstart, plus the error paths (exit code 2 and one line on stder
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +21,12 @@ import pytest
 import minipeft
 from minipeft.cli import main
 from minipeft.creation import tensor
+from minipeft.fileio import load_safetensors
+from minipeft.jobs import finetune as finetune_module
+from minipeft.jobs import pretrain as pretrain_module
 from minipeft.jobs import quickstart as quickstart_module
-from minipeft.models import AutoModelForCausalLM
+from minipeft.models import AutoModelForCausalLM, AutoModelForSequenceClassification
+from minipeft.models.generation import GenerationMixin
 from minipeft.peft import PeftModel
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -48,6 +54,17 @@ def adapter(work: Path, base: Path) -> Path:
     argv = ["finetune", "--method", "lora", "--model", str(base), "--task", "docstrings",
             "--steps", "2", "--out", str(out), "--quiet"]  # fmt: skip
     assert main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def cls_adapter(work: Path, base: Path) -> Path:
+    """A SEQ_CLS adapter (LoRA + the trained ``score`` head) for the docstring-topic task."""
+    out = work / "ad-topic"
+    argv = ["finetune", "--method", "lora", "--model", str(base), "--task", "docstring-topic",
+            "--steps", "2", "--out", str(out), "--quiet"]  # fmt: skip
+    with pytest.warns(UserWarning, match="newly initialised"):  # the fresh head, expected here
+        assert main(argv) == 0
     return out
 
 
@@ -99,7 +116,7 @@ def test_finetune_lora_saves_an_adapter(adapter: Path):
 
 @pytest.mark.filterwarnings("ignore:.*newly initialised")  # the fresh ``score`` head, expected
 def test_finetune_sequence_classification(work: Path, base: Path, capsys):
-    out = work / "ad-topic"
+    out = work / "ad-topic-2"
     argv = ["finetune", "--method", "lora", "--model", str(base), "--task", "docstring-topic",
             "--steps", "2", "--out", str(out), "--quiet"]  # fmt: skip
     assert main(argv) == 0
@@ -108,6 +125,21 @@ def test_finetune_sequence_classification(work: Path, base: Path, capsys):
         assert (out / name).is_file(), name
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["task_type"] == "SEQ_CLS"
+
+
+def test_merge_of_a_classification_adapter_does_not_warn_about_its_head(
+    work: Path, base: Path, cls_adapter: Path, recwarn
+):
+    out = work / "merged-topic"
+    argv = ["merge", "--model", str(base), "--adapter", str(cls_adapter), "--out", str(out)]
+    assert main(argv) == 0
+    messages = [str(w.message) for w in recwarn]
+    assert not any("newly initialised" in m for m in messages), messages  # the adapter has it
+    merged = AutoModelForSequenceClassification.from_pretrained(out)
+    score = load_safetensors(cls_adapter / "adapter_model.safetensors")[
+        "base_model.model.score.weight"
+    ]
+    np.testing.assert_array_equal(merged.score.weight.numpy(), score)
 
 
 def test_merge_computes_the_same_logits(work: Path, base: Path, adapter: Path, capsys):
@@ -137,6 +169,79 @@ def test_generate_prints_text(base: Path, adapter: Path, capsys):
     assert text.startswith("def") and len(text) > len("def")
 
 
+@pytest.mark.parametrize(
+    "options, do_sample, temperature",
+    [
+        ([], False, None),  # greedy
+        (["--temperature", "0"], False, None),
+        (["--top-p", "0.9"], True, 1.0),  # a filter alone samples, at temperature 1
+        (["--top-k", "5"], True, 1.0),
+        (["--temperature", "0.7"], True, 0.7),
+        (["--top-k", "5", "--temperature", "0.5"], True, 0.5),
+    ],
+)  # fmt: skip
+def test_generate_samples_when_asked(options, do_sample, temperature, base, monkeypatch, capsys):
+    calls = []
+    original = GenerationMixin.generate
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "generate", spy)
+    argv = ["generate", "--model", str(base), "--prompt", "def", "--max-new-tokens", "3"]
+    assert main(argv + options) == 0
+    assert capsys.readouterr().out.startswith("def")
+    (kwargs,) = calls
+    assert kwargs["do_sample"] is do_sample
+    if do_sample:
+        assert kwargs["temperature"] == temperature
+
+
+def test_generate_refuses_a_classification_adapter(work: Path, base: Path, adapter: Path, capsys):
+    seq_cls = work / "ad-as-seq-cls"  # only the config is read, so relabelling one will do
+    shutil.copytree(adapter, seq_cls, dirs_exist_ok=True)
+    config = json.loads((seq_cls / "adapter_config.json").read_text())
+    (seq_cls / "adapter_config.json").write_text(json.dumps({**config, "task_type": "SEQ_CLS"}))
+    argv = ["generate", "--model", str(base), "--adapter", str(seq_cls), "--prompt", "def"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "the adapter is a SEQ_CLS (classification) adapter; generate needs a CAUSAL_LM" in err
+
+
+def test_pretrain_on_a_tiny_corpus_says_what_to_do(work: Path, capsys):
+    corpus = work / "tiny.txt"  # 40 short paragraphs: about 600 tokens, 9 blocks of 64
+    corpus.write_text("\n\n".join(
+        f"Paragraph {i}: the quick brown fox jumps over the lazy dog {i} times." for i in range(40)
+    ))  # fmt: skip
+    argv = ["pretrain", "--preset", "nano", "--corpus", str(corpus), "--steps", "2", "--quiet"]
+    assert main([*argv, "--out", str(work / "tiny-out")]) == 2
+    err = capsys.readouterr().err
+    found = re.search(r"training split gave [\d,]+ tokens = (\d+) blocks of 64 tokens", err)
+    assert found, err
+    blocks = int(found.group(1))
+    assert 0 < blocks < 16 and "fewer than batch_size=16" in err
+    assert f"use a larger corpus or --batch-size {blocks} or less" in err
+    assert main([*argv, "--out", str(work / "tiny-out"), "--batch-size", str(blocks)]) == 0
+    assert (work / "tiny-out" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_bad_steps_fail_before_any_work(command, work: Path, base: Path, monkeypatch, capsys):
+    def slow(*args, **kwargs):
+        pytest.fail("work started before the arguments were checked")
+
+    monkeypatch.setattr(pretrain_module, "train_bpe_tokenizer", slow)
+    monkeypatch.setattr(finetune_module, "evaluate", slow)
+    model = ["--preset", "nano"] if command == "pretrain" else ["--model", str(base)]
+    argv = [command, *model, "--out", str(work / "x")]
+    assert main([*argv, "--steps", "0", "--quiet"]) == 2
+    assert "TrainConfig.max_steps: expected an integer >= 1, found 0" in capsys.readouterr().err
+    assert main([*argv, "--lr", "-1", "--quiet"]) == 2
+    assert "TrainConfig.lr: expected a finite number > 0, found -1.0" in capsys.readouterr().err
+    assert not (work / "x").exists()
+
+
 # ---------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     "argv, message",
@@ -152,6 +257,16 @@ def test_generate_prints_text(base: Path, adapter: Path, capsys):
         (["merge", "--model", "{base}", "--adapter", "{work}/no-such-adapter", "--out", "{work}/m"],
          "no-such-adapter"),
         (["generate", "--model", "{base}", "--prompt", ""], "encodes to no tokens"),
+        (["generate", "--model", "{base}", "--prompt", "def", "--temperature", "-1"],
+         "--temperature: expected a number >= 0 (0 = greedy), found -1.0"),
+        (["generate", "--model", "{base}", "--prompt", "def", "--temperature", "0", "--top-k",
+          "5"], "--temperature 0 means greedy decoding, which ignores --top-k/--top-p"),
+        (["generate", "--model", "{base}", "--prompt", "def", "--top-p", "1.5"],
+         "top_p: expected None or a probability in (0, 1], found 1.5"),
+        (["generate", "--model", "{base}", "--prompt", "def", "--top-k", "0"],
+         "top_k: expected None or an int >= 1, found 0"),
+        (["generate", "--model", "{base}", "--prompt", "def", "--max-new-tokens", "100"],
+         "more than the model's n_positions = 64"),
     ],
 )  # fmt: skip
 def test_bad_input_gives_exit_code_2_and_one_line(argv, message, work, base, capsys):

@@ -375,13 +375,56 @@ def test_dropout_seeded_scaled_and_identity_in_eval():
     mp.manual_seed(11)
     np.testing.assert_array_equal(c, F.dropout(x, 0.25).numpy())
     assert F.dropout(x, 0.5, training=False) is x and F.dropout(x, 0.0) is x
-    for p in (-0.1, 1.0):
-        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+    for p in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"\[0, 1\], found {p}"):
             F.dropout(x, p)
     w = mp.ones(6, requires_grad=True)
     y = F.dropout(w, 0.5, generator=get_rng("cpu", 1))
     y.sum().backward()
     np.testing.assert_array_equal(w.grad, y.numpy())
+
+
+def test_dropout_with_p_one_gives_zeros_and_zero_gradient():
+    w = mp.tensor([[1.5, -2.0], [3.0, 0.25]], requires_grad=True)
+    y = F.dropout(w, 1.0)
+    assert y.shape == w.shape and y.dtype == w.dtype and not y.numpy().any()
+    (y * 3.0).sum().backward()
+    np.testing.assert_array_equal(w.grad, np.zeros((2, 2), np.float32))
+    assert F.dropout(w, 1.0, training=False) is w
+
+
+# ----------------------------------------------------------------- Tensor ops as functions
+TENSOR_OPS = """add sub mul truediv div neg pow exp log sqrt maximum minimum where masked_fill clip
+clamp sum mean max amax var reshape transpose permute swapaxes broadcast_to expand unsqueeze
+squeeze flatten cat stack split chunk matmul abs""".split()
+
+
+def test_every_tensor_op_is_in_functional():
+    missing = [name for name in TENSOR_OPS if not callable(getattr(F, name, None))]
+    assert not missing, f"minipeft.functional lacks {missing}"
+    assert set(TENSOR_OPS) <= set(F.__all__)
+
+
+def test_functional_ops_compute_what_the_tensor_operators_and_methods_do():
+    rng = np.random.default_rng(8)
+    a, b = t64(rng.random((2, 3)) + 0.5), t64(rng.standard_normal((2, 3)))
+    pairs = [
+        (F.add(a, b), a + b), (F.sub(a, b), a - b), (F.mul(a, b), a * b),
+        (F.truediv(a, b), a / b), (F.div(a, b), a / b), (F.neg(a), -a), (F.pow(a, b), a**b),
+        (F.add(a, 1.0), a + 1.0), (F.sub(1.0, a), 1.0 - a), (F.truediv(2.0, a), 2.0 / a),
+        (F.pow(2.0, a), 2.0**a), (F.pow(a, 2), a**2), (F.clamp(b, -0.5, 0.5), b.clip(-0.5, 0.5)),
+        (F.sum(a, 1, keepdim=True), a.sum(1, keepdim=True)), (F.var(a, 0), a.var(0)),
+        (F.max(a), a.max()), (F.transpose(a, 0, 1), a.transpose(0, 1)), (F.abs(b), abs(b)),
+        (F.matmul(a, b.T), a @ b.T), (F.masked_fill(a, b > 0, 0.0), a.masked_fill(b > 0, 0.0)),
+    ]  # fmt: skip
+    for got, want in pairs:
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    assert [t.shape for t in F.chunk(a, 3, 1)] == [t.shape for t in a.chunk(3, 1)]
+    assert F.add(mp.tensor([1, 2]), 0.5).dtype == np.float32  # int tensor + float: default float
+    x = t64(rng.standard_normal(3)).requires_grad_()
+    F.mul(F.pow(x, 2), 3.0).sum().backward()  # d/dx Σ 3x² = 6x
+    np.testing.assert_allclose(x.grad, 6 * x.numpy())
 
 
 def test_linear_embedding_and_tensor_methods():

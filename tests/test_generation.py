@@ -149,3 +149,39 @@ def test_generate_validates_arguments():
     with pytest.raises(ValueError, match="attention_mask"):
         m.generate(prompt(), attention_mask=mp.ones(2, 3))
     assert m.generate(prompt(), max_new_tokens=0).shape == (2, 5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(max_new_tokens=-1), "max_new_tokens: expected an int >= 0, found -1"),
+        (dict(max_new_tokens=2.0), "max_new_tokens: expected an int >= 0, found 2.0"),
+        (dict(do_sample=True, top_k=0), "top_k: expected None or an int >= 1, found 0"),
+        (dict(do_sample=True, top_k=2.5), "top_k: expected None or an int >= 1, found 2.5"),
+        (dict(do_sample=True, top_p=0.0), r"top_p: expected None or a probability in \(0, 1\]"),
+        (dict(do_sample=True, top_p=1.5), "top_p: .*found 1.5"),
+        (dict(do_sample=True, top_p=float("nan")), "top_p: .*found nan"),
+        (dict(top_p=2.0), "top_p: .*found 2.0"),  # wrong even when greedy ignores it
+        (dict(do_sample=True, temperature=-1.0), "temperature: expected a number > 0"),
+        (dict(do_sample=True, temperature=0.0), "temperature: .*found 0.0"),
+    ],
+)  # fmt: skip
+def test_generate_names_the_bad_argument_before_decoding(kwargs, message, monkeypatch):
+    m = make("gpt2")
+    monkeypatch.setattr(m, "forward", lambda *a, **k: pytest.fail("decoding started"))
+    with pytest.raises(ValueError, match=message):
+        m.generate(prompt(), **kwargs)
+
+
+@pytest.mark.parametrize("arch, limit_name", [("gpt2", "n_positions"),
+                                              ("llama", "max_position_embeddings")])  # fmt: skip
+def test_generate_checks_the_position_limit_before_decoding(arch, limit_name, monkeypatch):
+    m = make(arch)  # a limit of 64 positions; the prompt has 5 tokens
+    assert m.generate(prompt(shape=(1, 5)), max_new_tokens=59).shape == (1, 64)  # just fits
+    monkeypatch.setattr(m, "forward", lambda *a, **k: pytest.fail("decoding started"))
+    with pytest.raises(ValueError) as info:
+        m.generate(prompt(shape=(1, 5)), max_new_tokens=60)
+    message = str(info.value)
+    assert "the prompt has 5 tokens and max_new_tokens is 60" in message
+    assert f"65 tokens in all, more than the model's {limit_name} = 64" in message
+    assert "at most 59 new tokens" in message

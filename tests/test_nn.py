@@ -221,6 +221,15 @@ def test_train_eval_propagate_and_dropout_is_identity_in_eval():
     assert set(np.unique(y.numpy())) <= {0.0, 2.0} and 300 < (y.numpy() == 0).sum() < 700
 
 
+def test_dropout_accepts_p_one_like_pytorch():
+    layer, x = nn.Dropout(1.0), mp.randn(3, 4)
+    assert not layer(x).numpy().any()  # training: everything dropped
+    np.testing.assert_array_equal(layer.eval()(x).numpy(), x.numpy())
+    for p in (-0.1, 1.1):
+        with pytest.raises(ValueError, match=rf"\[0, 1\], found {p}"):
+            nn.Dropout(p)
+
+
 def test_to_float64_keeps_identity_and_int_buffers():
     m = tiny()
     params = list(m.parameters())

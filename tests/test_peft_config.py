@@ -675,6 +675,29 @@ def test_check_adapter_keys(tmp_path):
         check_adapter_keys(expected, {"x.weight": np.zeros(3)}, "somewhere")
 
 
+def test_check_adapter_keys_hints_match_the_axis_that_differs():
+    # lora_A is (r, d_in), lora_B (d_out, r): only a differing r means another rank.
+    expected = {"m.lora_A.weight": (8, 32), "m.lora_B.weight": (64, 8)}
+
+    def message(found_shapes):
+        with pytest.raises(ValueError) as info:
+            check_adapter_keys(expected, {k: np.zeros(s) for k, s in found_shapes.items()}, "ad")
+        return str(info.value)
+
+    wider = message({"m.lora_A.weight": (8, 16), "m.lora_B.weight": (32, 8)})
+    assert "another rank" not in wider and "r=8 vs r=8" not in wider
+    assert "lora_A columns (d_in) / lora_B rows (d_out) differ (32 vs 16, 64 vs 32)" in wider
+    assert "the adapter was made for a model with another hidden size" in wider
+    rank = message({"m.lora_A.weight": (4, 32), "m.lora_B.weight": (64, 4)})
+    assert "(r=8 vs r=4): the adapter has another rank" in rank
+    assert "another hidden size" not in rank
+    both = message({"m.lora_A.weight": (4, 16), "m.lora_B.weight": (64, 4)})
+    assert "r=8 vs r=4" in both and "another hidden size" in both
+    in_memory = {"m.lora_A.default.weight": (8, 32)}  # keys with the adapter name work too
+    with pytest.raises(ValueError, match="another hidden size"):
+        check_adapter_keys(in_memory, {"m.lora_A.default.weight": np.zeros((8, 16))}, "ad")
+
+
 def test_adapter_files_interoperate_with_peft(tmp_path):
     torch = pytest.importorskip("torch")
     peft = pytest.importorskip("peft")

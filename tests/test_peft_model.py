@@ -185,6 +185,21 @@ def test_merge_unmerge_and_merge_and_unload() -> None:
     np.testing.assert_allclose(logits(merged), adapted, atol=1e-4)
 
 
+def test_unmerge_with_nothing_merged_warns_once_like_peft() -> None:
+    peft_model = get_peft_model(gpt2(), LoraConfig(r=2, target_modules=["c_attn", "c_proj"]))
+    randomize_B(peft_model)
+    adapted = logits(peft_model)
+    with pytest.warns(UserWarning, match="Already unmerged. Nothing to do.") as record:
+        peft_model.unmerge_adapter()  # never merged
+    assert len(record) == 1  # once per call, not once per LoRA layer
+    peft_model.merge_adapter()
+    peft_model.unmerge_adapter()
+    with pytest.warns(UserWarning, match="Already unmerged") as record:
+        peft_model.unmerge_adapter()  # a second unmerge
+    assert len(record) == 1
+    np.testing.assert_allclose(logits(peft_model), adapted, atol=1e-4)  # W untouched
+
+
 def test_unload_gives_back_the_exact_base() -> None:
     base = logits(gpt2())
     peft_model = get_peft_model(gpt2(), LoraConfig(r=2, target_modules="all-linear"))
@@ -225,7 +240,8 @@ def test_add_set_delete_adapter() -> None:
     assert set(peft_model.peft_config) == {"default", "other"}
     assert sum(".default." in n for n, _ in peft_model.named_parameters()) == 4
     for layer in peft_model.base_model.lora_layers():
-        layer.unmerge()
+        if layer.merged:  # unmerging a layer with nothing merged warns, as in PEFT
+            layer.unmerge()
     np.testing.assert_allclose(logits(peft_model), second, atol=1e-5)
 
     peft_model.delete_adapter("default")
@@ -377,8 +393,11 @@ def test_adapter_for_another_model_raises_and_leaves_model_unchanged(tmp_path) -
     peft_model.save_pretrained(tmp_path)
     model = gpt2(n_embd=16)
     before, flags = logits(model), {n: p.requires_grad for n, p in model.named_parameters()}
-    with pytest.raises(ValueError, match=r"shape mismatches(.|\n)*c_attn\.lora_A\.weight"):
+    with pytest.raises(ValueError, match=r"shape mismatches(.|\n)*c_attn\.lora_A\.weight") as info:
         PeftModel.from_pretrained(model, tmp_path)
+    message = str(info.value)
+    assert "the adapter was made for a model with another hidden size" in message
+    assert "another rank" not in message  # r = 4 on both sides; only the width differs
     _assert_untouched(model, before, flags)
     model = llama()
     before, flags = logits(model), {n: p.requires_grad for n, p in model.named_parameters()}

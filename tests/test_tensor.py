@@ -169,6 +169,23 @@ def test_shape_errors_name_what_was_expected_and_found() -> None:
         mp.cat([mp.tensor(1.0), mp.tensor(2.0)])
 
 
+def test_split_and_chunk_reject_non_positive_sizes_by_value() -> None:
+    x = mp.ones(3, 4)
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match=rf"split_size >= 1, found {bad} \(dim 1 has size 4"):
+            mp.split(x, bad, dim=1)
+        with pytest.raises(ValueError, match=rf"chunks >= 1, found {bad}"):
+            x.chunk(bad)
+    with pytest.raises(ValueError, match=r"sizes \[4, -1\] must be >= 0"):
+        x.split([4, -1], dim=1)
+    with pytest.raises(IndexError, match="dimension 2 is out of range"):
+        x.split(1, dim=2)
+    # an empty dim splits into one empty piece, as in PyTorch (split_size 0 is allowed there)
+    empty = mp.ones(0, 2)
+    assert [p.shape for p in empty.split(0)] == [(0, 2)] == [p.shape for p in empty.chunk(2)]
+    assert [p.shape for p in x.chunk(3, dim=1)] == [(3, 2), (3, 2)]
+
+
 @pytest.mark.parametrize(
     "call",
     [

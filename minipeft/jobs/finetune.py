@@ -8,8 +8,10 @@ and saved with the adapter, as PEFT's ``SEQ_CLS`` does; metric: accuracy).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +125,9 @@ def finetune(
         raise ValueError(f"unknown method {method!r}; this version supports: ['lora']")
     if isinstance(targets, (list, tuple)) and list(targets) == ["all-linear"]:
         targets = "all-linear"
+    # Checked now (e.g. steps=0), not after loading the model and the "before" evaluation.
+    cfg = TrainConfig(max_steps=steps, lr=lr, warmup_steps=max(1, steps // 10), device=device,
+                      seed=seed, progress=progress, eval_every=0)  # fmt: skip
     start = time.perf_counter()
     the_task = get_task(task)
     tokenizer = Tokenizer.from_pretrained(model_path)
@@ -138,8 +143,6 @@ def finetune(
     trainable, total = peft_model.get_nb_trainable_parameters()
     log(f"trainable params: {trainable:,d} || all params: {total:,d} || "
         f"trainable%: {100 * trainable / total:.4f}")  # fmt: skip
-    cfg = TrainConfig(max_steps=steps, lr=lr, warmup_steps=max(1, steps // 10), device=device,
-                      seed=seed, progress=progress, eval_every=0)  # fmt: skip
     result = Trainer(peft_model, cfg, data.train, data.test).train()
     after = result.metrics  # the Trainer evaluates after its last step
     out_dir = Path(out) if out is not None else Path("runs") / f"lora-{the_task.name}"
@@ -152,20 +155,26 @@ def finetune(
 def merge(model_path: str | os.PathLike[str], adapter: str | os.PathLike[str],
           out: str | os.PathLike[str], device: str = "cpu") -> Module:  # fmt: skip
     """Load base + adapter, merge (W ← W + s·B A, checked finite) and save a plain HF folder."""
-    from ..peft.adapter_io import load_adapter_files  # noqa: PLC0415
+    from ..peft.adapter_io import PEFT_PREFIX, load_adapter_files  # noqa: PLC0415
 
     config, tensors = load_adapter_files(adapter)
     task = getattr(config.task_type, "value", config.task_type)
     if task == TaskType.SEQ_CLS.value:
         # The head's size comes from the adapter (it saved the trained ``score``), its padding
         # token from the base model's tokenizer (the classifier pools the last real token).
-        score = [v for k, v in tensors.items() if k.endswith(("score.weight", "classifier.weight"))]
-        overrides: dict[str, Any] = {"num_labels": score[0].shape[0]} if score else {}
+        heads = [k for k in tensors if k.endswith(("score.weight", "classifier.weight"))]
+        overrides: dict[str, Any] = {"num_labels": tensors[heads[0]].shape[0]} if heads else {}
         if (Path(model_path) / "tokenizer.json").is_file():
             overrides["pad_token_id"] = Tokenizer.from_pretrained(model_path).pad_token_id
-        base: Module = AutoModelForSequenceClassification.from_pretrained(
-            model_path, device=device, **overrides
-        )
+        with warnings.catch_warnings():
+            if heads:  # "newly initialised" is false here: the adapter's head replaces it
+                fresh = [k.removeprefix(PEFT_PREFIX) for k in heads]
+                warnings.filterwarnings(
+                    "ignore", message=rf".*{re.escape(str(fresh))} not found in the checkpoint"
+                )
+            base: Module = AutoModelForSequenceClassification.from_pretrained(
+                model_path, device=device, **overrides
+            )
     else:
         base = AutoModelForCausalLM.from_pretrained(model_path, device=device)
     merged = PeftModel.from_pretrained(base, adapter).merge_and_unload(safe_merge=True)

@@ -63,6 +63,26 @@ def unigram_cross_entropy(train_ids: np.ndarray, val_ids: np.ndarray, vocab_size
     return float(-logp[val_ids].mean())
 
 
+def _check_enough_blocks(
+    n_train: int, n_val: int, block: int, batch_size: int, preset: str
+) -> None:
+    """Fail with what to do when the corpus cannot fill one batch (or one validation block)."""
+    n_blocks = n_train // block
+    if n_blocks < batch_size:
+        fix = f" or --batch-size {n_blocks} or less" if n_blocks else ""
+        raise ValueError(
+            f"the corpus is too small: its training split gave {n_train:,} tokens = {n_blocks} "
+            f"blocks of {block} tokens (the {preset!r} preset's n_positions), fewer than "
+            f"batch_size={batch_size}; expected at least {batch_size * block:,} training tokens: "
+            f"use a larger corpus{fix}"
+        )
+    if n_val < block:
+        raise ValueError(
+            f"the corpus is too small: its validation split (about 10% of the documents) gave "
+            f"{n_val:,} tokens, less than one block of {block} tokens; use a larger corpus"
+        )
+
+
 def pretrain(
     out: str | os.PathLike[str] | None = None,
     corpus: str | os.PathLike[str] | None = None,
@@ -78,6 +98,13 @@ def pretrain(
     """Train a tokenizer and a GPT-2 on ``corpus`` and save both into ``out`` (an HF folder)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected an int >= 1, found {batch_size!r}")
+    # Checked now (e.g. steps=0), not after minutes of tokenizer training.
+    cfg = TrainConfig(max_steps=steps, lr=lr, weight_decay=0.1, betas=(0.9, 0.95),
+                      warmup_steps=max(1, steps // 20), schedule="cosine", grad_clip=1.0,
+                      eval_every=max(1, steps // 4), device=device, seed=seed,
+                      progress=progress)  # fmt: skip
     start = time.perf_counter()
     size = PRESETS[preset]
     out_dir = Path(out) if out is not None else default_base_dir()
@@ -88,6 +115,7 @@ def pretrain(
     train_ids = tokenize_documents(tokenizer, train_docs)
     val_ids = tokenize_documents(tokenizer, val_docs)
     block = size["n_positions"]
+    _check_enough_blocks(len(train_ids), len(val_ids), block, batch_size, preset)
     train_blocks, val_blocks = lm_blocks(train_ids, block), lm_blocks(val_ids, block)
     log(f"tokens: {len(train_ids):,} train / {len(val_ids):,} validation "
         f"(vocab {tokenizer.vocab_size})")  # fmt: skip
@@ -106,10 +134,6 @@ def pretrain(
     def eval_data(s: int, epoch: int) -> Any:
         return iterate_batches(val_blocks, batch_size, shuffle=False)
 
-    cfg = TrainConfig(max_steps=steps, lr=lr, weight_decay=0.1, betas=(0.9, 0.95),
-                      warmup_steps=max(1, steps // 20), schedule="cosine", grad_clip=1.0,
-                      eval_every=max(1, steps // 4), device=device, seed=seed,
-                      progress=progress)  # fmt: skip
     result = Trainer(model, cfg, train_data, eval_data).train()
     val = result.metrics["loss"]  # the Trainer evaluates after its last step
     entropy = unigram_cross_entropy(train_ids, val_ids, tokenizer.vocab_size)

@@ -53,6 +53,7 @@ __all__ = [
     "hf_to_minipeft_state_dict",
     "minipeft_to_hf_state_dict",
     "check_state_dict",
+    "weights_location",
 ]
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
@@ -99,6 +100,21 @@ def load_state_dict_from_folder(folder: str | os.PathLike) -> dict[str, np.ndarr
         "a pickle, and unpickling runs arbitrary code): convert it with transformers' "
         "save_pretrained(folder, safe_serialization=True)"
     )
+
+
+def weights_location(folder: str | os.PathLike) -> tuple[str, dict[str, str]]:
+    """How errors name the weights of a loadable ``folder``, and which shard holds each tensor.
+
+    ``("model.safetensors in <folder>", {})`` for one file, or
+    ``("model.safetensors.index.json in <folder>", {tensor name: shard file})`` for shards.
+    """
+    folder = os.fspath(folder)
+    index = os.path.join(folder, SAFE_WEIGHTS_INDEX_NAME)
+    if os.path.isfile(os.path.join(folder, SAFE_WEIGHTS_NAME)) or not os.path.isfile(index):
+        return f"{SAFE_WEIGHTS_NAME} in {folder}", {}
+    with open(index, encoding="utf-8") as f:
+        weight_map = json.load(f).get("weight_map", {})
+    return f"{SAFE_WEIGHTS_INDEX_NAME} in {folder}", dict(weight_map)
 
 
 def _load_sharded(folder: str, index: str) -> dict[str, np.ndarray]:
@@ -274,17 +290,26 @@ def _preview(keys: list[Any], limit: int = 20) -> str:
 
 
 def check_state_dict(
-    expected: Mapping[str, tuple[int, ...]], found: Mapping[str, Any], source: str
+    expected: Mapping[str, tuple[int, ...]],
+    found: Mapping[str, Any],
+    source: str,
+    where: Mapping[str, str] | None = None,
 ) -> None:
     """Raise one ValueError listing missing keys, unexpected keys and shape mismatches.
 
     ``expected``: key -> shape (e.g. ``{k: v.shape for k, v in model.state_dict().items()}``);
-    ``found``: key -> array (anything with ``.shape``); ``source`` names the file or folder.
+    ``found``: key -> array (anything with ``.shape``); ``source`` names the file or folder;
+    ``where`` (optional): key -> the shard file holding it, shown after each key found.
     """
+    where = where or {}
+
+    def at(k: str) -> str:
+        return f" [in {where[k]}]" if k in where else ""
+
     missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
+    unexpected = [f"{k}{at(k)}" for k in sorted(set(found) - set(expected))]
     mismatched = [
-        f"{k} (expected {tuple(expected[k])}, found {tuple(found[k].shape)})"
+        f"{k} (expected {tuple(expected[k])}, found {tuple(found[k].shape)}){at(k)}"
         for k in sorted(set(expected) & set(found))
         if tuple(found[k].shape) != tuple(expected[k])
     ]

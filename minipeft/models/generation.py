@@ -74,6 +74,24 @@ def _sample(logits: Any, rng: Any) -> Any:
     return xp.minimum(idx, last)
 
 
+def _check_generation_args(
+    max_new_tokens: Any, do_sample: bool, temperature: Any, top_k: Any, top_p: Any
+) -> None:
+    """Raise a ValueError naming the first invalid argument and its value."""
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: expected an int >= 0, found {max_new_tokens!r}")
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        raise ValueError(f"top_k: expected None or an int >= 1, found {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p: expected None or a probability in (0, 1], found {top_p!r}")
+    if do_sample and not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature: expected a number > 0 when sampling, found {temperature!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class GenerationMixin:
     """``generate`` for any causal LM whose ``forward`` takes the minipeft keyword arguments."""
 
@@ -99,11 +117,12 @@ class GenerationMixin:
         ``attention_mask`` (B, T) marks left padding of the prompt; positions then count real
         tokens only (HF's ``cumsum(mask) - 1``). ``seed`` fixes the sampling generator (else the
         device's global one). Runs under ``no_grad``; returns ids (B, T + new) int64.
+
+        Checked before decoding (a ValueError names the argument): max_new_tokens >= 0,
+        top_k >= 1, 0 < top_p <= 1, temperature > 0 when sampling, and T + max_new_tokens at
+        most the model's position limit (``n_positions`` / ``max_position_embeddings``).
         """
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens: expected an int >= 0, found {max_new_tokens!r}")
-        if do_sample and not temperature > 0:
-            raise ValueError(f"temperature: expected a positive number, found {temperature!r}")
+        _check_generation_args(max_new_tokens, do_sample, temperature, top_k, top_p)
         device = self.get_input_embeddings().weight.device
         ids = input_ids if isinstance(input_ids, Tensor) else Tensor(input_ids, device=device)
         ids = ids.to(device).to(int64)
@@ -111,6 +130,7 @@ class GenerationMixin:
             raise ValueError(f"input_ids: expected shape (batch, seq_len), found {ids.shape}")
         xp = xp_of(ids.data)
         B, T = ids.shape
+        self._check_length(T, max_new_tokens)
         if attention_mask is None:
             mask = xp.ones((B, T), dtype=ids.dtype)
         else:
@@ -154,6 +174,19 @@ class GenerationMixin:
                 if eos and not bool(alive.any()):
                     break
         return Tensor(seq)
+
+    def _check_length(self, prompt_len: int, max_new_tokens: int) -> None:
+        """Fail before decoding if the output (T + max_new_tokens) exceeds the position limit."""
+        cfg = self.config
+        name = "n_positions" if hasattr(cfg, "n_positions") else "max_position_embeddings"
+        limit = getattr(cfg, name, None)
+        if limit is not None and prompt_len + max_new_tokens > limit:
+            raise ValueError(
+                f"the prompt has {prompt_len} tokens and max_new_tokens is {max_new_tokens}: "
+                f"{prompt_len + max_new_tokens} tokens in all, more than the model's "
+                f"{name} = {limit}; expected a shorter prompt or at most "
+                f"{max(limit - prompt_len, 0)} new tokens"
+            )
 
     @staticmethod
     def _choose(

@@ -1,7 +1,7 @@
 """What GPT-2 and LLaMA share: the model base class, the losses and the classification pooling.
 
 - :class:`PreTrainedModel`: Hugging Face-style weight init, ``save_pretrained`` (config.json +
-  model.safetensors in HF's layout) and ``from_pretrained`` (errors name the folder and key).
+  model.safetensors in HF's layout) and ``from_pretrained`` (errors name the weights file and key).
 - :func:`causal_lm_loss`: HF's next-token loss. Position t predicts token t + 1, so the labels
   are shifted left by one and padded with -100 (ignored):
   ``loss = mean over {t : labels[t+1] != -100} of -log softmax(logits[t])[labels[t+1]]``.
@@ -32,6 +32,7 @@ from .checkpoint import (
     load_state_dict_from_folder,
     minipeft_to_hf_state_dict,
     save_state_dict_to_folder,
+    weights_location,
 )
 from .config import ModelConfig, config_from_dict, load_config
 from .inputs import as_tensor
@@ -244,9 +245,13 @@ class PreTrainedModel(nn.Module):
     ) -> PreTrainedModel:
         """Load a HF checkpoint folder (config.json + safetensors); returned in eval mode.
 
-        Weights become float32 unless ``dtype`` says otherwise. A classification model loaded
-        from a causal-LM checkpoint gets a freshly initialised ``score`` (``seed``) and a
-        warning, as in transformers; any other missing/unexpected key or shape mismatch raises.
+        Weights become float32 unless ``dtype`` says otherwise. Keys are reconciled as in
+        transformers only for a change of head: a classification model loaded from a causal-LM
+        checkpoint gets a freshly initialised ``score`` (``seed``) with a warning, and head
+        weights the model has no use for (``lm_head``) are dropped with a warning. Any other
+        missing or unexpected key or shape mismatch raises (transformers would only warn about
+        unexpected keys); the error names the weights file (``model.safetensors``, or the index
+        json and the shard of each wrong key).
         Keyword arguments override config fields, as in transformers
         (``from_pretrained(path, num_labels=4, pad_token_id=0)``).
         """
@@ -267,7 +272,10 @@ class PreTrainedModel(nn.Module):
         )
         sd = model._adapt_checkpoint(sd, folder, seed)
         expected = {k: v.shape for k, v in model.state_dict().items()}
-        check_state_dict(expected, sd, source=folder)
+        source, shards = weights_location(folder)
+        prefix = cls.base_model_prefix + "."  # shard names of keys with and without the prefix
+        where = {n: f for k, f in shards.items() for n in (k, prefix + k, k.removeprefix(prefix))}
+        check_state_dict(expected, sd, source=source, where=where)
         model.load_state_dict({k: v.astype(float32) if v.dtype.kind == "f" else v
                                for k, v in sd.items()})  # fmt: skip
         model.tie_weights()

@@ -233,8 +233,8 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.1) -> None:
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), found {p}")
+        if not 0.0 <= p <= 1.0:  # p == 1 zeroes everything while training, as in PyTorch
+            raise ValueError(f"dropout probability must be in [0, 1], found {p}")
         self.p = float(p)
 
     def forward(self, x: Tensor) -> Tensor:

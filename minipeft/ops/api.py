@@ -23,10 +23,11 @@ if TYPE_CHECKING:
     from ..tensor import Tensor
 
 __all__ = [
-    "matmul", "sum", "mean", "amax", "max", "var", "reshape", "flatten", "unsqueeze", "squeeze",
-    "permute", "transpose", "swapaxes", "broadcast_to", "expand", "cat", "stack", "split", "chunk",
-    "where", "masked_fill", "clip", "maximum", "minimum", "exp", "log", "sqrt", "tanh", "sigmoid",
-    "relu", "silu", "abs", "install_methods",
+    "add", "sub", "mul", "truediv", "div", "neg", "pow", "matmul", "sum", "mean", "amax", "max",
+    "var", "reshape", "flatten", "unsqueeze", "squeeze", "permute", "transpose", "swapaxes",
+    "broadcast_to", "expand", "cat", "stack", "split", "chunk", "where", "masked_fill", "clip",
+    "maximum", "minimum", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "silu", "abs",
+    "install_methods",
 ]  # fmt: skip
 
 MaxResult = namedtuple("MaxResult", ["values", "indices"])
@@ -48,6 +49,54 @@ def _axis(dim: int, ndim: int) -> int:
     if not -ndim <= dim < ndim:
         raise IndexError(f"dimension {dim} is out of range: expected one in [{-ndim}, {ndim - 1}]")
     return dim % ndim
+
+
+# ------------------------------------------------------------------------ arithmetic
+def _operands(a: Any, b: Any) -> tuple[Tensor, Any]:
+    """A scalar on the left takes the right Tensor's device and dtype, as in ``1.0 + x``."""
+    from ..tensor import Tensor  # noqa: PLC0415
+
+    if not isinstance(a, Tensor) and isinstance(b, Tensor):
+        return b._other(a), b
+    return _tensor(a), b
+
+
+def add(input: Any, other: Any) -> Tensor:  # noqa: A002
+    """input + other (torch.add without ``alpha``); either side may be a Python scalar."""
+    a, b = _operands(input, other)
+    return a + b
+
+
+def sub(input: Any, other: Any) -> Tensor:  # noqa: A002
+    """input - other; either side may be a Python scalar."""
+    a, b = _operands(input, other)
+    return a - b
+
+
+def mul(input: Any, other: Any) -> Tensor:  # noqa: A002
+    """input * other (elementwise); either side may be a Python scalar."""
+    a, b = _operands(input, other)
+    return a * b
+
+
+def truediv(input: Any, other: Any) -> Tensor:  # noqa: A002
+    """input / other (true division: integer inputs give the default float, as in PyTorch)."""
+    a, b = _operands(input, other)
+    return a / b
+
+
+div = truediv  # torch.div without ``rounding_mode``
+
+
+def neg(input: Any) -> Tensor:  # noqa: A002
+    """-input."""
+    return -_tensor(input)
+
+
+def pow(input: Any, exponent: Any) -> Tensor:  # noqa: A001, A002
+    """input ** exponent; a scalar exponent, a Tensor one, or a scalar base (torch.pow(2, x))."""
+    a, b = _operands(input, exponent)
+    return a**b
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:
@@ -234,18 +283,25 @@ def _same_dtype(tensors: Sequence[Any], name: str) -> list[Tensor]:
 
 def split(x: Tensor, split_size_or_sections: Any, dim: int = 0) -> tuple[Tensor, ...]:
     """PyTorch's split: an int is a chunk size (the last may be smaller); a list gives sizes."""
-    n = x.shape[dim]
+    d = _axis(dim, x.ndim)
+    n = x.shape[d]
     if isinstance(split_size_or_sections, int):
         step = split_size_or_sections
-        sizes = [builtins.min(step, n - i) for i in range(0, n, step)]
+        if step < 1 and not (step == 0 and n == 0):  # range(0, n, 0) would fail cryptically
+            raise ValueError(
+                f"split: expected split_size >= 1, found {step} (dim {dim} has size {n})"
+            )
+        sizes = [builtins.min(step, n - i) for i in range(0, n, step)] if n else [0]
     else:
         sizes = list(split_size_or_sections)
-        if builtins.sum(sizes) != n:
-            raise ValueError(f"split sizes {sizes} do not add up to dim {dim} of size {n}")
+        if builtins.sum(sizes) != n or builtins.min(sizes, default=0) < 0:
+            raise ValueError(
+                f"split sizes {sizes} must be >= 0 and add up to dim {dim} of size {n}"
+            )
     out, start = [], 0
     for size in sizes:
         idx = [slice(None)] * x.ndim
-        idx[dim] = slice(start, start + size)
+        idx[d] = slice(start, start + size)
         out.append(x[tuple(idx)])
         start += size
     return tuple(out)
@@ -253,7 +309,9 @@ def split(x: Tensor, split_size_or_sections: Any, dim: int = 0) -> tuple[Tensor,
 
 def chunk(x: Tensor, chunks: int, dim: int = 0) -> tuple[Tensor, ...]:
     """Split into ``chunks`` pieces of size ⌈n / chunks⌉ (the last may be smaller)."""
-    n = x.shape[dim]
+    if not isinstance(chunks, int) or chunks < 1:
+        raise ValueError(f"chunk: expected chunks >= 1, found {chunks!r}")
+    n = x.shape[_axis(dim, x.ndim)]
     return split(x, -(-n // chunks), dim)
 
 
@@ -325,7 +383,7 @@ _METHODS = {
     "broadcast_to": broadcast_to, "split": split, "chunk": chunk, "masked_fill": masked_fill,
     "clip": clip, "clamp": clip, "maximum": maximum, "minimum": minimum, "exp": exp, "log": log,
     "sqrt": sqrt, "tanh": tanh, "sigmoid": sigmoid, "relu": relu, "silu": silu, "abs": abs,
-    "__abs__": abs,
+    "__abs__": abs, "add": add, "sub": sub, "mul": mul, "div": div, "neg": neg, "pow": pow,
 }  # fmt: skip
 
 

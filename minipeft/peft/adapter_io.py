@@ -302,10 +302,41 @@ def check_adapter_keys(
     if shapes:
         rows = [f"{k}: expected {e}, found {f}" for k, e, f in shapes]
         parts.append(listing("shape mismatches", rows))
-        ranks = {(e[0], f[0]) for k, e, f in shapes if ".lora_A" in k and len(e) == len(f) == 2}
-        if ranks:
-            pairs = ", ".join(f"r={e} vs r={f}" for e, f in sorted(ranks))
-            parts.append(f"hint: lora_A rows differ ({pairs}): the adapter has another rank")
+        parts.extend(_shape_hints(shapes))
     if missing and not (set(expected) & set(found)):
         parts.append("hint: no key matches at all: the adapter was probably made for another model")
     raise ValueError("\n".join(parts))
+
+
+def _shape_hints(shapes: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> list[str]:
+    """Explain 2-D LoRA shape mismatches: A is (r, d_in) and B (d_out, r), so a differing r is
+    another rank and a differing d_in / d_out another model (expected vs found)."""
+    ranks: set[tuple[int, int]] = set()
+    widths: set[tuple[int, int]] = set()
+    for key, e, f in shapes:
+        if len(e) != 2 or len(f) != 2:
+            continue
+        name = next((part for part in reversed(key.split(".")) if part.startswith("lora_")), "")
+        if name in ("lora_A", "lora_embedding_A"):
+            r_axis = 0
+        elif name in ("lora_B", "lora_embedding_B"):
+            r_axis = 1
+        else:
+            continue
+        if e[r_axis] != f[r_axis]:
+            ranks.add((e[r_axis], f[r_axis]))
+        if e[1 - r_axis] != f[1 - r_axis]:
+            widths.add((e[1 - r_axis], f[1 - r_axis]))
+    hints = []
+    if ranks:
+        pairs = ", ".join(f"r={e} vs r={f}" for e, f in sorted(ranks))
+        hints.append(
+            f"hint: lora_A rows / lora_B columns differ ({pairs}): the adapter has another rank"
+        )
+    if widths:
+        pairs = ", ".join(f"{e} vs {f}" for e, f in sorted(widths))
+        hints.append(
+            f"hint: lora_A columns (d_in) / lora_B rows (d_out) differ ({pairs}): the adapter "
+            "was made for a model with another hidden size"
+        )
+    return hints

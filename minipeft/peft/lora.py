@@ -182,7 +182,10 @@ class LoraLayer(Module):
                 self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
-        """W ← W − ΔW for every merged adapter, last merged first."""
+        """W ← W − ΔW for every merged adapter, last merged first (PEFT warns if none is)."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+            return
         with no_grad():
             while self.merged_adapters:
                 name = self.merged_adapters.pop()

@@ -9,6 +9,7 @@ require grad: freezing is a name filter.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -189,7 +190,11 @@ class LoraModel(Module):
             layer.merge(safe_merge=safe_merge)
 
     def unmerge_adapter(self) -> None:
-        for layer in self.lora_layers():
+        """Undo every merge; with nothing merged, warn once (as PEFT does) and do nothing."""
+        merged = [layer for layer in self.lora_layers() if layer.merged]
+        if not merged:
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=3)
+        for layer in merged:
             layer.unmerge()
 
     def _unload(self, merge: bool, safe_merge: bool = False) -> Module:
