@@ -42,6 +42,7 @@ from .ops.api import (
     where,
 )
 from .tensor import Tensor, bool_, float16, float32, float64, int32, int64
+from .threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
@@ -51,5 +52,5 @@ __all__ = [
     "is_grad_enabled", "set_grad_enabled", "manual_seed", "cuda_available", "check_device",
     "backend_info", "DeviceError", "gradcheck", "GradcheckError", "float16", "float32", "float64",
     "int32", "int64", "bool_", "cat", "stack", "split", "chunk", "where", "matmul", "maximum",
-    "minimum", "clip", "exp", "log", "sqrt", "mean",
+    "minimum", "clip", "exp", "log", "sqrt", "mean", "set_num_threads", "get_num_threads",
 ]  # fmt: skip

@@ -4,6 +4,11 @@ Every file minipeft writes goes through :func:`atomic_write_bytes`: a temporary 
 folder, flushed, then ``os.replace``-d into place, so a crash never leaves a half-written file
 under the final name. Tensors are only ever stored as safetensors (never pickled).
 
+A folder that is one artefact (a model, an adapter) is written by :func:`atomic_folder`: into a
+sibling temporary folder, then swapped in by two renames, so a failure leaves the old folder or
+nothing, never a mix; :func:`check_output_path` refuses an output that is, holds or lies inside
+one of the command's own inputs before anything is written.
+
 A safetensors file is ``[8-byte little-endian header length N][N bytes of JSON header][data]``;
 the header maps each tensor name to ``{"dtype": "F32", "shape": [...], "data_offsets": [b, e]}``
 (byte offsets into the data section) plus an optional ``"__metadata__"`` dict of strings.
@@ -13,11 +18,14 @@ NumPy has no bfloat16, so BF16 tensors are widened to float32 exactly: a bfloat1
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +33,9 @@ from safetensors.numpy import load_file as _st_load_file
 from safetensors.numpy import save as _st_save
 
 __all__ = [
+    "atomic_folder",
     "atomic_write_bytes",
+    "check_output_path",
     "atomic_write_text",
     "load_safetensors",
     "safetensors_metadata",
@@ -188,3 +198,80 @@ def save_safetensors(
 
 
 # ----------------------------------------------------------------------------------- folders
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path)))).resolve()
+
+
+def check_output_path(
+    out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None], option: str = "--out"
+) -> None:
+    """Raise ``ValueError`` if ``out`` is, contains or lies inside one of ``inputs``.
+
+    ``inputs`` maps a description ("the base model") to a path (None entries are skipped).
+    Symbolic links are resolved, so two spellings of one folder are caught. Called before a job
+    writes anything: a writer must never destroy what it reads.
+    """
+    target = _resolved(out)
+    for what, path in inputs.items():
+        if path is None:
+            continue
+        src = _resolved(path)
+        if target == src:
+            relation = "is"
+        elif src.is_relative_to(target):
+            relation = "contains"
+        elif target.is_relative_to(src) and src.is_dir():
+            relation = "is inside"
+        else:
+            continue
+        raise ValueError(
+            f"{option} {os.fspath(out)!r} {relation} {what} ({os.fspath(path)!r}); writing there "
+            f"would destroy an input of this command: expected an output folder apart from it"
+        )
+
+
+@contextlib.contextmanager
+def atomic_folder(
+    path: str | os.PathLike, keep: Callable[[str], bool] | None = None
+) -> Iterator[Path]:
+    """Write a whole folder atomically: ``with atomic_folder(out) as tmp: save into tmp``.
+
+    The body writes into a fresh sibling folder ``.<name>.tmp-*``. On success, entries of an
+    existing ``path`` that the new content lacks and ``keep(entry_name)`` accepts are moved
+    across (a run's ``checkpoint/`` or ``metrics.jsonl``, other adapters' subfolders), then the
+    old folder is renamed aside, the new one renamed into place and the old one deleted. On any
+    failure (an exception or Ctrl-C) the temporary folder is removed and ``path`` is untouched.
+    """
+    final = Path(os.path.abspath(os.fspath(path)))
+    if final.exists() and not final.is_dir():
+        raise ValueError(f"{os.fspath(path)!r} is a file; expected a folder (or a new path)")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    moved: list[str] = []
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if not final.exists():
+            os.replace(tmp, final)
+            return
+        for entry in sorted(os.listdir(final)) if keep is not None else []:
+            if not (tmp / entry).exists() and keep(entry):
+                os.replace(final / entry, tmp / entry)
+                moved.append(entry)
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
+        os.replace(final, old / "content")  # a folder cannot replace a non-empty folder
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            os.replace(old / "content", final)
+            raise
+        moved.clear()
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        for entry in moved:  # the swap failed: give the carried entries back
+            with contextlib.suppress(OSError):
+                os.replace(tmp / entry, final / entry)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

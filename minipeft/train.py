@@ -15,13 +15,22 @@ What it does each optimizer step (``grad_accum_steps`` micro-batches):
 The optimizer only sees parameters that require grad, so a PEFT model trains (and stores
 optimizer state for) its adapter alone. Checkpoints are atomic safetensors + JSON files, and
 ``resume=True`` continues bit-for-bit: the data stream is a pure function of (seed, step).
+
+Ctrl-C (SIGINT) stops at the next step boundary: the loop finishes the step it is in, saves a
+checkpoint (when ``output_dir`` is set) and raises :class:`TrainingInterrupted`, which says where
+the checkpoint is; a second Ctrl-C aborts at once (``KeyboardInterrupt``), keeping the last
+checkpoint written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -37,7 +46,15 @@ from .fileio import atomic_write_text, load_safetensors, save_safetensors
 from .nn import Module
 from .optim import AdamW, clip_grad_norm_, flatten_state_dict, get_schedule, unflatten_state_dict
 
-__all__ = ["TrainConfig", "Trainer", "TrainResult", "Callback", "evaluate", "to_device_batch"]
+__all__ = [
+    "Callback",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "TrainingInterrupted",
+    "evaluate",
+    "to_device_batch",
+]
 
 Batch = dict[str, Any]
 
@@ -122,6 +139,47 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     tokens: int = 0
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training at a step boundary; ``checkpoint`` is where it was saved (None
+    without ``output_dir``). A ``KeyboardInterrupt``, so code that does not know it still stops.
+    """
+
+    def __init__(self, step: int, max_steps: int, checkpoint: str | None) -> None:
+        where = f"; checkpoint saved to {checkpoint}" if checkpoint else "; nothing was saved"
+        super().__init__(f"training interrupted after step {step}/{max_steps}{where}")
+        self.step, self.max_steps, self.checkpoint = step, max_steps, checkpoint
+
+
+# Settings a resumed run must share with the run that wrote the checkpoint: any other value
+# would not continue that run but start a different one from its middle.
+_RESUME_FIELDS = ("max_steps", "lr", "weight_decay", "betas", "eps", "warmup_steps", "schedule",
+                  "grad_clip", "grad_accum_steps", "seed")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _stop_on_sigint() -> Iterator[list[bool]]:
+    """While active, the first SIGINT sets ``flag[0]`` (stop after this step) instead of raising;
+    the second raises KeyboardInterrupt. Outside the main thread signals cannot be caught: the
+    flag then never sets and Ctrl-C behaves as usual."""
+    flag = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag[0]:
+            raise KeyboardInterrupt
+        flag[0] = True
+        print("\nCtrl-C: stopping after this step (press again to abort at once)",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def to_device_batch(batch: Batch, device: str) -> Batch:
@@ -268,8 +326,32 @@ class Trainer:
         self.model.train()
         stream = self._batches()
         bar = _progress(cfg.max_steps, self.step, cfg.progress)
+        try:
+            with _stop_on_sigint() as stop:
+                metrics = self._loop(stream, bar, out_dir, stop)
+        finally:
+            if bar is not None:
+                bar.close()
+        if not metrics and self._eval_iter() is not None:  # resumed from the final checkpoint
+            metrics = evaluate(self.model, self._eval_iter(), cfg.device, cfg.eval_batches)
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return TrainResult(
+            self.step, metrics, self.history, time.perf_counter() - self._start, self.tokens
+        )
+
+    def _loop(self, stream: Iterator[Batch], bar: Any, out_dir: Path | None,
+              stop: list[bool]) -> dict[str, float]:  # fmt: skip
+        cfg = self.config
         start, run_tokens, metrics = time.perf_counter(), 0, {}
+        self._start = start
         while self.step < cfg.max_steps:
+            if stop[0]:
+                checkpoint = None
+                if out_dir:
+                    checkpoint = str(out_dir / "checkpoint")
+                    self.save_checkpoint(checkpoint)
+                raise TrainingInterrupted(self.step, cfg.max_steps, checkpoint)
             loss_sum = 0.0
             for _ in range(cfg.grad_accum_steps):
                 batch = next(stream)
@@ -312,13 +394,7 @@ class Trainer:
                 bar.update(1)
             if out_dir and (last or (cfg.save_every and self.step % cfg.save_every == 0)):
                 self.save_checkpoint(out_dir / "checkpoint")
-        if bar is not None:
-            bar.close()
-        for cb in self.callbacks:
-            cb.on_train_end(self)
-        return TrainResult(
-            self.step, metrics, self.history, time.perf_counter() - start, self.tokens
-        )
+        return metrics
 
     def _log(self, logs: dict[str, Any], out_dir: Path | None) -> None:
         self.history.append(logs)
@@ -358,6 +434,14 @@ class Trainer:
         if not state_file.is_file():
             raise FileNotFoundError(f"no checkpoint to resume from: {state_file} does not exist")
         state = json.loads(state_file.read_text(encoding="utf-8"))
+        saved = state.get("config", {})
+        for name in _RESUME_FIELDS:
+            now, then = getattr(self.config, name), saved.get(name, getattr(self.config, name))
+            if (list(now) if isinstance(now, tuple) else now) != then:
+                raise ValueError(
+                    f"cannot resume from {folder}: it was made with {name}={then!r}, this run has "
+                    f"{name}={now!r}; resume with the settings of the run that wrote it"
+                )
         weights = load_safetensors(folder / "trainable.safetensors")
         params = dict(self.model.named_parameters())
         names = [n for n, p in params.items() if p.requires_grad]
@@ -374,6 +458,20 @@ class Trainer:
         self._epoch, self._consumed = state["epoch"], state["consumed"]
         if state.get("rng") is not None:
             get_rng(self.config.device).bit_generator.state = state["rng"]
+        self._truncate_log(self.step)
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop metrics lines past ``step`` (a run killed after its last checkpoint logged
+        steps that the resumed run will log again)."""
+        if not self.config.output_dir:
+            return
+        log = Path(self.config.output_dir) / "metrics.jsonl"
+        if not log.is_file():
+            return
+        lines = log.read_text(encoding="utf-8").splitlines()
+        kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            atomic_write_text(log, "".join(ln + "\n" for ln in kept))
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:

@@ -265,3 +265,57 @@ def test_trained_biases_round_trip_both_ways(bias: str, gpt2_dir: str, tmp_path)
     theirs.save_pretrained(str(tmp_path / "theirs"))
     ours = PeftModel.from_pretrained(our_model(gpt2_dir), tmp_path / "theirs")
     np.testing.assert_allclose(our_logits(ours), expected, atol=TOL, rtol=0)
+
+
+EMBED_TARGETS = {"gpt2": ["c_attn", "wte"], "llama": ["q_proj", "embed_tokens"]}
+
+
+def _nonzero_embedding_lora(model, ours: bool) -> None:
+    """A (zero at init for embeddings) gets values, so the embedding update is not zero."""
+    gen = np.random.default_rng(1)
+    for module in model.modules():
+        table = getattr(module, "lora_embedding_A", None)
+        if table is None or not len(table):
+            continue
+        for key in list(table.keys()):
+            values = gen.normal(size=tuple(table[key].shape)).astype(np.float32) * 0.5
+            if ours:
+                table[key].data[...] = values
+            else:
+                with torch.no_grad():
+                    table[key].copy_(torch.tensor(values))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_embedding_lora_moves_both_ways(arch, gpt2_dir, llama_dir, tmp_path) -> None:
+    folder = {"gpt2": gpt2_dir, "llama": llama_dir}[arch]
+    base = hf_logits(hf_model(folder))
+    # minipeft -> PEFT
+    ours = get_peft_model(
+        our_model(folder), LoraConfig(r=4, lora_alpha=8, target_modules=EMBED_TARGETS[arch])
+    )
+    _nonzero_embedding_lora(ours, ours=True)
+    expected = our_logits(ours)
+    assert np.abs(expected - base).max() > 1e-2  # the embedding update matters
+    ours.save_pretrained(tmp_path / "ours")
+    theirs = peft.PeftModel.from_pretrained(hf_model(folder), str(tmp_path / "ours"))
+    np.testing.assert_allclose(hf_logits(theirs), expected, atol=TOL, rtol=0)
+    # PEFT -> minipeft
+    config = peft.LoraConfig(r=4, lora_alpha=16, target_modules=EMBED_TARGETS[arch])
+    theirs = peft.get_peft_model(hf_model(folder), config)
+    _nonzero_embedding_lora(theirs, ours=False)
+    expected = hf_logits(theirs)
+    assert np.abs(expected - base).max() > 1e-2
+    theirs.save_pretrained(str(tmp_path / "theirs"))
+    ours = PeftModel.from_pretrained(our_model(folder), tmp_path / "theirs")
+    np.testing.assert_allclose(our_logits(ours), expected, atol=TOL, rtol=0)
+
+
+def test_seq_cls_embedding_lora_loads_in_peft(gpt2_cls_dir: str, tmp_path) -> None:
+    kwargs = {"r": 4, "task_type": "SEQ_CLS", "target_modules": ["c_attn", "wte"]}
+    ours = get_peft_model(our_model(gpt2_cls_dir, cls=True), LoraConfig(**kwargs))
+    _nonzero_embedding_lora(ours, ours=True)
+    expected = our_logits(ours, CLS_IDS, CLS_MASK)
+    ours.save_pretrained(tmp_path)
+    theirs = peft.PeftModel.from_pretrained(hf_model(gpt2_cls_dir, cls=True), str(tmp_path))
+    np.testing.assert_allclose(hf_logits(theirs, CLS_IDS, CLS_MASK), expected, atol=TOL, rtol=0)

@@ -1,14 +1,21 @@
-"""``minipeft finetune`` and ``minipeft merge``: LoRA on a base checkpoint folder.
+"""``minipeft finetune`` and ``minipeft merge``: LoRA or full fine-tuning on a base checkpoint.
 
 A task from :mod:`minipeft.tasks` decides the head: ``causal_lm`` tasks fine-tune the language
 model (metric: held-out loss), ``seq_cls`` tasks add a classification head (``score``, trained
-and saved with the adapter, as PEFT's ``SEQ_CLS`` does; metric: accuracy).
+and saved with the adapter, as PEFT's ``SEQ_CLS`` does; metric: accuracy), whose config names
+the task's classes (``id2label``).
+
+Methods: ``lora`` saves an adapter folder; ``full`` trains every weight and saves a model folder.
+Defaults depend on the task and the method (:data:`TASK_DEFAULTS`, measured: see the README's
+"docstring-topic" section); any of them can be set explicitly.
+
+The output folder (``--out``) is a run folder (:mod:`minipeft.jobs.runs`): ``run.json`` (the
+settings), ``metrics.jsonl``, ``checkpoint/`` while the run is unfinished, then the result.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
 import warnings
@@ -18,22 +25,50 @@ from pathlib import Path
 from typing import Any
 
 from ..data import classification_batches, iterate_batches, lm_blocks, tokenize_documents
+from ..fileio import atomic_folder, atomic_write_text
 from ..models import AutoModelForCausalLM, AutoModelForSequenceClassification, load_config
 from ..nn import Module
 from ..peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from ..peft.adapter_io import adapter_metadata, load_adapter_files
+from ..peft.config import default_target_modules
+from ..peft.provenance import base_fingerprint, labels_from_metadata
 from ..tasks import Task, get_task
 from ..tokenizer import Tokenizer
 from ..train import TrainConfig, Trainer, evaluate
+from .runs import RUN_FILE, finish_run, prepare_run
 
 __all__ = [
+    "METHODS",
+    "TASK_DEFAULTS",
     "FinetuneResult",
     "TaskData",
     "finetune",
+    "folder_bytes",
+    "load_base",
+    "load_for_inference",
     "merge",
     "task_data",
-    "load_base",
-    "folder_bytes",
 ]
+
+METHODS = ("lora", "full")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+# Settings every run has, then what each (task, method) changes. Measured on the default base
+# (README, "docstring-topic"): a classifier needs a smaller learning rate than the LM task (at
+# 1e-2 its loss never leaves ln 4) and twice the steps; LoRA on it also adapts the token
+# embeddings, because word identity is what tells the topics apart and the frozen base's
+# last-token features carry almost none of it (a linear probe on them: 0.28, chance 0.25).
+BASE_DEFAULTS: dict[str, Any] = {
+    "r": 8, "alpha": 16.0, "dropout": 0.0, "targets": None, "steps": 150, "lr": 1e-2,
+    "batch_size": 16, "block_size": 128, "warmup": None, "grad_accum": 1, "eval_every": 0,
+    "save_every": 50, "seed": 0, "embeddings": False,
+}  # fmt: skip
+TASK_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("docstrings", "lora"): {},
+    ("docstrings", "full"): {"lr": 1e-3},
+    ("docstring-topic", "lora"): {"lr": 1e-3, "steps": 300, "embeddings": True},
+    ("docstring-topic", "full"): {"lr": 1e-3, "steps": 300},
+}
 
 Batches = Callable[[int, int], Iterator[dict[str, Any]]]
 
@@ -71,17 +106,25 @@ def task_data(task: Task, tokenizer: Tokenizer, block_size: int, batch_size: int
     raise ValueError(f"task {task.name!r} has unknown kind {task.kind!r}")
 
 
+def label_config(task: Task) -> dict[str, Any]:
+    """``num_labels``, ``id2label`` and ``label2id`` naming the task's classes."""
+    names = list(task.label_names)
+    return {"num_labels": len(names), "id2label": dict(enumerate(names)),
+            "label2id": {n: i for i, n in enumerate(names)}}  # fmt: skip
+
+
 def load_base(model_path: str | os.PathLike[str], task: Task, tokenizer: Tokenizer,
               device: str = "cpu", seed: int = 0) -> Module:  # fmt: skip
     """The base model with the head the task needs (a fresh ``score`` for classification)."""
-    if task.kind == "seq_cls":
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_path, device=device, seed=seed, num_labels=task.num_labels,
-            pad_token_id=tokenizer.pad_token_id,
+    if task.kind != "seq_cls":
+        return AutoModelForCausalLM.from_pretrained(model_path, device=device)
+    with warnings.catch_warnings():
+        # A new head is exactly what fine-tuning a classifier means: no warning for it.
+        warnings.filterwarnings("ignore", message=r".*not found in the checkpoint; newly init")
+        return AutoModelForSequenceClassification.from_pretrained(
+            model_path, device=device, seed=seed, pad_token_id=tokenizer.pad_token_id,
+            **label_config(task),
         )  # fmt: skip
-    else:
-        model = AutoModelForCausalLM.from_pretrained(model_path, device=device)
-    return model
 
 
 def folder_bytes(path: str | os.PathLike[str]) -> int:
@@ -89,9 +132,15 @@ def folder_bytes(path: str | os.PathLike[str]) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
+def result_bytes(path: str | os.PathLike[str]) -> int:
+    """Size of the saved result alone: the folder less the run's own files."""
+    skip = {RUN_FILE, "metrics.jsonl"}
+    return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file() and f.name not in skip)
+
+
 @dataclass
 class FinetuneResult:
-    adapter_path: str
+    adapter_path: str  # the output folder: an adapter (lora) or a model folder (full)
     metric: str
     before: dict[str, float]
     after: dict[str, float]
@@ -100,87 +149,222 @@ class FinetuneResult:
     adapter_bytes: int
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    method: str = "lora"
+    task: str = "docstrings"
+
+
+def resolve_settings(task: str, method: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Defaults, then the task's, then what was given explicitly (None = not given)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; this version supports: {list(METHODS)}")
+    settings = {**BASE_DEFAULTS, **TASK_DEFAULTS.get((task, method), {})}
+    settings.update({k: v for k, v in given.items() if v is not None})
+    return settings
+
+
+def _train_config(s: dict[str, Any], **kw: Any) -> TrainConfig:
+    """The Trainer's settings (validated: a bad value names its field)."""
+    warm = s["warmup"] if s["warmup"] is not None else max(1, s["steps"] // 10)
+    return TrainConfig(max_steps=s["steps"], lr=s["lr"], warmup_steps=warm, seed=s["seed"],
+                       eval_every=s["eval_every"], save_every=s["save_every"],
+                       grad_accum_steps=s["grad_accum"], **kw)  # fmt: skip
+
+
+def _check_settings(s: dict[str, Any]) -> None:
+    _train_config(s, progress=False)
+    for name in ("r", "batch_size", "block_size"):
+        if not isinstance(s[name], int) or isinstance(s[name], bool) or s[name] < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, found {s[name]!r}")
+    if not (isinstance(s["alpha"], (int, float)) and s["alpha"] > 0):
+        raise ValueError(
+            f"alpha: expected a number > 0 (LoRA scales its update by alpha/r, so alpha=0 "
+            f"trains nothing), found {s['alpha']!r}"
+        )
+
+
+def _lora_targets(model: Module, settings: dict[str, Any]) -> list[str] | str | None:
+    targets = settings["targets"]
+    if isinstance(targets, (list, tuple)) and list(targets) == ["all-linear"]:
+        return "all-linear"
+    if targets is None and settings["embeddings"]:
+        model_type = model.config.model_type
+        embed = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
+        return [*default_target_modules(model_type), embed.rsplit(".", 1)[-1]]
+    return targets
 
 
 def finetune(
-    model_path: str | os.PathLike[str],
-    task: str = "docstrings",
+    model_path: str | os.PathLike[str] | None = None,
+    task: str | None = None,
     out: str | os.PathLike[str] | None = None,
-    method: str = "lora",
-    r: int = 8,
-    alpha: float = 16,
-    dropout: float = 0.0,
+    method: str | None = None,
+    r: int | None = None,
+    alpha: float | None = None,
+    dropout: float | None = None,
     targets: list[str] | str | None = None,
-    steps: int = 150,
-    lr: float = 1e-2,
-    batch_size: int = 16,
-    block_size: int = 128,
+    steps: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    block_size: int | None = None,
+    warmup: int | None = None,
+    grad_accum: int | None = None,
+    eval_every: int | None = None,
+    save_every: int | None = None,
     device: str = "cpu",
-    seed: int = 0,
+    seed: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     log: Any = print,
 ) -> FinetuneResult:
-    """LoRA-fine-tune the checkpoint at ``model_path`` on ``task``; save the adapter to ``out``."""
-    if method != "lora":
-        raise ValueError(f"unknown method {method!r}; this version supports: ['lora']")
-    if isinstance(targets, (list, tuple)) and list(targets) == ["all-linear"]:
-        targets = "all-linear"
-    # Checked now (e.g. steps=0), not after loading the model and the "before" evaluation.
-    cfg = TrainConfig(max_steps=steps, lr=lr, warmup_steps=max(1, steps // 10), device=device,
-                      seed=seed, progress=progress, eval_every=0)  # fmt: skip
+    """Fine-tune the checkpoint at ``model_path`` on ``task`` and save the result to ``out``.
+
+    Arguments left as None take the (task, method) default (:data:`TASK_DEFAULTS`; the model:
+    the cached base, the task: docstrings, the method: lora, ``out``: runs/<method>-<task>).
+    ``resume`` continues the unfinished run in ``out`` bit for bit; ``overwrite`` replaces what
+    ``out`` holds. Ctrl-C raises :class:`~minipeft.train.TrainingInterrupted` after saving a
+    checkpoint.
+    """
+    given = {"r": r, "alpha": alpha, "dropout": dropout, "targets": targets, "steps": steps,
+             "lr": lr, "batch_size": batch_size, "block_size": block_size, "warmup": warmup,
+             "grad_accum": grad_accum, "eval_every": eval_every, "save_every": save_every,
+             "seed": seed}  # fmt: skip
+    named = {"model": None if model_path is None else os.fspath(model_path), "task": task,
+             "method": method}  # fmt: skip
+    if out is None:
+        out = Path("runs") / f"{method or 'lora'}-{task or 'docstrings'}"
+    out_dir = Path(out)
+    inputs = {"the base model": model_path}
+    if resume:  # everything comes from run.json; what is given again must agree
+        settings = prepare_run("finetune", out_dir, inputs, {}, {**named, **given}, resume=True)
+    else:
+        from .pretrain import default_base_dir  # noqa: PLC0415
+
+        task, method = task or "docstrings", method or "lora"
+        get_task(task)  # an unknown task fails before anything is written
+        fresh = resolve_settings(task, method, given)
+        _check_settings(fresh)
+        fresh = {"model": os.fspath(model_path or default_base_dir()), "task": task,
+                 "method": method, **fresh}  # fmt: skip
+        settings = prepare_run("finetune", out_dir, {"the base model": fresh["model"]}, fresh,
+                               {**named, **given}, overwrite=overwrite)  # fmt: skip
+    the_task = get_task(settings["task"])
+    method = settings["method"]
+    model_path = settings["model"]
+    cfg = _train_config(settings, device=device, progress=progress, output_dir=os.fspath(out_dir))
     start = time.perf_counter()
-    the_task = get_task(task)
     tokenizer = Tokenizer.from_pretrained(model_path)
-    block_size = min(block_size, load_config(model_path).max_position_embeddings)
-    data = task_data(the_task, tokenizer, block_size, batch_size)
-    model = load_base(model_path, the_task, tokenizer, device, seed)
-    config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-        task_type=TaskType.SEQ_CLS if the_task.kind == "seq_cls" else TaskType.CAUSAL_LM,
-    )  # fmt: skip
-    before = evaluate(model, data.test(seed, 0), device)
-    peft_model = get_peft_model(model, config)
-    trainable, total = peft_model.get_nb_trainable_parameters()
+    block_size = min(settings["block_size"], load_config(model_path).max_position_embeddings)
+    data = task_data(the_task, tokenizer, block_size, settings["batch_size"])
+    model = load_base(model_path, the_task, tokenizer, device, settings["seed"])
+    before = evaluate(model, data.test(settings["seed"], 0), device)
+    fingerprint = base_fingerprint(model, ["score", "classifier"])
+    _check_same_base(out_dir, fingerprint, resume)
+    if method == "lora":
+        config = LoraConfig(
+            r=settings["r"], lora_alpha=settings["alpha"], lora_dropout=settings["dropout"],
+            target_modules=_lora_targets(model, settings),
+            task_type=TaskType.SEQ_CLS if the_task.kind == "seq_cls" else TaskType.CAUSAL_LM,
+        )  # fmt: skip
+        trained: Module = get_peft_model(model, config)
+        trainable, total = trained.get_nb_trainable_parameters()
+    else:
+        trained = model
+        total = trainable = sum(p.numel() for p in model.parameters())
     log(f"trainable params: {trainable:,d} || all params: {total:,d} || "
         f"trainable%: {100 * trainable / total:.4f}")  # fmt: skip
-    result = Trainer(peft_model, cfg, data.train, data.test).train()
+    result = Trainer(trained, cfg, data.train, data.test).train(resume=resume)
     after = result.metrics  # the Trainer evaluates after its last step
-    out_dir = Path(out) if out is not None else Path("runs") / f"lora-{the_task.name}"
-    peft_model.save_pretrained(out_dir)
+    if method == "lora":
+        trained.save_pretrained(out_dir)
+    else:
+        with atomic_folder(out_dir, keep=lambda name: name not in TOKENIZER_FILES) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    finish_run(out_dir)
     return FinetuneResult(str(out_dir), data.metric, before, after, trainable, total,
-                          folder_bytes(out_dir), time.perf_counter() - start,
-                          result.history)  # fmt: skip
+                          result_bytes(out_dir), time.perf_counter() - start, result.history,
+                          method, the_task.name)  # fmt: skip
 
 
-def merge(model_path: str | os.PathLike[str], adapter: str | os.PathLike[str],
-          out: str | os.PathLike[str], device: str = "cpu") -> Module:  # fmt: skip
-    """Load base + adapter, merge (W ← W + s·B A, checked finite) and save a plain HF folder."""
-    from ..peft.adapter_io import PEFT_PREFIX, load_adapter_files  # noqa: PLC0415
+def _check_same_base(out_dir: Path, fingerprint: str, resume: bool) -> None:
+    """Record the base in run.json; a resumed run must continue on the very same base."""
+    import json  # noqa: PLC0415
 
+    run_file = out_dir / RUN_FILE
+    record = json.loads(run_file.read_text(encoding="utf-8"))
+    recorded = record.get("base_fingerprint")
+    if resume and recorded and recorded != fingerprint:
+        raise ValueError(
+            f"--resume: the run in {os.fspath(out_dir)!r} was started on another base model "
+            f"(fingerprint {recorded}, now {fingerprint}); its checkpoint only makes sense on "
+            "that base"
+        )
+    record["base_fingerprint"] = fingerprint
+    atomic_write_text(run_file, json.dumps(record, indent=2) + "\n")
+
+
+def load_for_inference(
+    model_path: str | os.PathLike[str],
+    adapter: str | os.PathLike[str] | None,
+    device: str = "cpu",
+    strict: bool = False,
+) -> tuple[Module, str]:
+    """Base (+ adapter) ready to run, and its kind ("causal_lm" or "seq_cls").
+
+    The kind comes from the adapter's ``task_type``, else from the model's ``architectures``.
+    A classification adapter gets a head of the size it saved and the class names it recorded.
+    """
+    if adapter is None:
+        config = load_config(model_path)
+        arch = " ".join(getattr(config, "architectures", None) or [])
+        cls = AutoModelForSequenceClassification if "SequenceClassification" in arch else None
+        if cls is None:
+            return AutoModelForCausalLM.from_pretrained(model_path, device=device), "causal_lm"
+        return cls.from_pretrained(model_path, device=device), "seq_cls"
     config, tensors = load_adapter_files(adapter)
     task = getattr(config.task_type, "value", config.task_type)
     if task == TaskType.SEQ_CLS.value:
-        # The head's size comes from the adapter (it saved the trained ``score``), its padding
-        # token from the base model's tokenizer (the classifier pools the last real token).
         heads = [k for k in tensors if k.endswith(("score.weight", "classifier.weight"))]
         overrides: dict[str, Any] = {"num_labels": tensors[heads[0]].shape[0]} if heads else {}
+        labels = labels_from_metadata(adapter_metadata(adapter))
+        if labels and len(labels) == overrides.get("num_labels", len(labels)):
+            overrides.update(id2label=labels, label2id={v: k for k, v in labels.items()})
         if (Path(model_path) / "tokenizer.json").is_file():
             overrides["pad_token_id"] = Tokenizer.from_pretrained(model_path).pad_token_id
         with warnings.catch_warnings():
-            if heads:  # "newly initialised" is false here: the adapter's head replaces it
-                fresh = [k.removeprefix(PEFT_PREFIX) for k in heads]
-                warnings.filterwarnings(
-                    "ignore", message=rf".*{re.escape(str(fresh))} not found in the checkpoint"
-                )
+            # "newly initialised" is false here: the adapter's head replaces it.
+            warnings.filterwarnings("ignore", message=r".*not found in the checkpoint; newly init")
             base: Module = AutoModelForSequenceClassification.from_pretrained(
                 model_path, device=device, **overrides
             )
+        kind = "seq_cls"
     else:
         base = AutoModelForCausalLM.from_pretrained(model_path, device=device)
-    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload(safe_merge=True)
-    merged.save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        src = Path(model_path) / name
-        if src.is_file():
-            shutil.copyfile(src, Path(out) / name)
+        kind = "causal_lm"
+    return PeftModel.from_pretrained(base, adapter, strict=strict), kind
+
+
+def merge(model_path: str | os.PathLike[str], adapter: str | os.PathLike[str],
+          out: str | os.PathLike[str], device: str = "cpu", strict: bool = False,
+          overwrite: bool = False) -> Module:  # fmt: skip
+    """Load base + adapter, merge (W ← W + s·B A, checked finite) and save a plain HF folder.
+
+    ``out`` may not be, hold or lie inside the base or the adapter; an existing ``out`` is
+    replaced only with ``overwrite``. The folder appears whole or not at all.
+    """
+    from ..fileio import check_output_path  # noqa: PLC0415
+
+    check_output_path(out, {"the base model": model_path, "the adapter": adapter})
+    if Path(out).exists() and any(Path(out).iterdir()) and not overwrite:
+        raise ValueError(f"--out {os.fspath(out)!r} already exists and is not empty; pass "
+                         "--overwrite to replace it, or another --out")  # fmt: skip
+    peft_model, _ = load_for_inference(model_path, adapter, device, strict)
+    merged = peft_model.merge_and_unload(safe_merge=True)
+    with atomic_folder(out) as tmp:
+        merged.save_pretrained(tmp)
+        for name in TOKENIZER_FILES:
+            src = Path(model_path) / name
+            if src.is_file():
+                shutil.copyfile(src, tmp / name)
     return merged

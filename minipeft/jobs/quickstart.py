@@ -42,15 +42,32 @@ def _kb(n: int) -> str:
     return f"{n / 1024:,.0f} KiB" if n < 1024**2 else f"{n / 1024**2:,.1f} MiB"
 
 
-def quickstart(out: str = "runs/quickstart", steps: int = 150, device: str = "cpu",
-               progress: bool = True, log: Any = print) -> dict[str, Any]:  # fmt: skip
-    """Run the four steps above; return the figures printed in the table."""
+def quickstart(
+    out: str = "runs/quickstart",
+    steps: int = 150,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Run the four steps above; return the figures printed in the table.
+
+    ``seed`` seeds the fine-tune (LoRA's initialisation and the order of the data); the cached
+    base is always pretrained with seed 0, so every seed starts from the same base. An
+    interrupted pretraining is resumed where it stopped. The outputs under ``out`` are this
+    command's own and are replaced on every run.
+    """
     start = time.perf_counter()
     base = default_base_dir()
     pretrain_s = 0.0
     if not (base / "config.json").is_file():
-        log(f"[1/3] no cached base model at {base}: pretraining one (a few minutes)")
-        pretrain_s = pretrain(out=base, device=device, progress=progress, log=log).seconds
+        unfinished = (base / "checkpoint" / "trainer_state.json").is_file()
+        if unfinished:
+            log(f"[1/3] resuming the interrupted pretraining of the base model in {base}")
+        else:
+            log(f"[1/3] no cached base model at {base}: pretraining one (a few minutes)")
+        pretrain_s = pretrain(out=base, device=device, progress=progress, log=log,
+                              resume=unfinished, overwrite=not unfinished).seconds  # fmt: skip
     else:
         log(f"[1/3] using the cached base model at {base}")
     tokenizer = Tokenizer.from_pretrained(base)
@@ -59,12 +76,12 @@ def quickstart(out: str = "runs/quickstart", steps: int = 150, device: str = "cp
 
     log("[2/3] LoRA fine-tuning on the 'docstrings' task (stdlib API docstrings)")
     adapter = Path(out) / "adapter"
-    ft = finetune(base, task="docstrings", out=adapter, steps=steps, device=device,
-                  progress=progress, log=log)  # fmt: skip
+    ft = finetune(base, task="docstrings", out=adapter, steps=steps, device=device, seed=seed,
+                  overwrite=True, progress=progress, log=log)  # fmt: skip
 
     log("[3/3] merging the adapter into the base weights")
     merged_dir = Path(out) / "merged"
-    merged = merge(base, adapter, merged_dir, device=device)
+    merged = merge(base, adapter, merged_dir, device=device, overwrite=True)
     reloaded = AutoModelForCausalLM.from_pretrained(merged_dir, device=device)
     probe = tensor(np.arange(32)[None, :] % tokenizer.vocab_size, device=device)
     with no_grad():

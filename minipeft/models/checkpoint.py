@@ -42,6 +42,7 @@ from ..fileio import (
 
 __all__ = [
     "SAFE_WEIGHTS_NAME",
+    "is_weights_file",
     "SAFE_WEIGHTS_INDEX_NAME",
     "atomic_write_bytes",
     "load_safetensors",
@@ -59,6 +60,15 @@ __all__ = [
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 _SHARD_RE = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+
+
+def is_weights_file(name: str) -> bool:
+    """A file that a model save owns: config, weights, shards or their index."""
+    return name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, "config.json") or bool(
+        _SHARD_RE.match(name)
+    )
+
+
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
                "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
 

@@ -23,12 +23,14 @@ from .. import functional as F
 from .. import nn
 from ..backend import get_rng, xp_of
 from ..creation import arange, full
+from ..fileio import atomic_folder
 from ..nn import init
 from ..ops.api import cat
 from ..tensor import Tensor, float32, int64
 from .checkpoint import (
     check_state_dict,
     hf_to_minipeft_state_dict,
+    is_weights_file,
     load_state_dict_from_folder,
     minipeft_to_hf_state_dict,
     save_state_dict_to_folder,
@@ -213,7 +215,9 @@ class PreTrainedModel(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike, max_shard_size: int | str = "5GB") -> None:
         """Write ``config.json`` (with ``architectures``) and ``model.safetensors`` (or shards)
-        in Hugging Face's layout; each file is written atomically (tmp file + os.replace)."""
+        in Hugging Face's layout. The folder is written as a whole (:func:`atomic_folder`): a
+        failure leaves the previous save or nothing; other files already there (a tokenizer, a
+        run's logs) are kept, weight files of an earlier save are not."""
         cfg = self.config
         sd = self._to_full_keys({k: v.numpy() for k, v in self.state_dict().items()})
         tied = bool(getattr(cfg, "tie_word_embeddings", False))
@@ -224,9 +228,9 @@ class PreTrainedModel(nn.Module):
         out = copy.deepcopy(cfg)
         out.architectures = [self._architecture()]
         out.dtype = str(self.dtype)
-        os.makedirs(folder, exist_ok=True)
-        save_state_dict_to_folder(folder, hf, max_shard_size)
-        out.save_pretrained(folder)  # last: a folder with config.json is a complete save
+        with atomic_folder(folder, keep=lambda name: not is_weights_file(name)) as tmp:
+            save_state_dict_to_folder(tmp, hf, max_shard_size)
+            out.save_pretrained(tmp)
 
     # ------------------------------------------------------------------------- loading
     @classmethod

@@ -15,7 +15,7 @@ class MLP(nn.Module):
 from __future__ import annotations
 
 from . import init
-from .containers import ModuleDict, ModuleList, Sequential
+from .containers import ModuleDict, ModuleList, ParameterDict, Sequential
 from .layers import (
     GELU,
     Dropout,
@@ -33,5 +33,5 @@ from .module import IncompatibleKeys, Module, Parameter
 __all__ = [
     "Module", "Parameter", "IncompatibleKeys", "Linear", "Embedding", "LayerNorm", "RMSNorm",
     "Dropout", "Identity", "ReLU", "GELU", "SiLU", "Tanh", "Sequential", "ModuleList",
-    "ModuleDict", "init",
+    "ModuleDict", "ParameterDict", "init",
 ]  # fmt: skip

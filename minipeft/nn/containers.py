@@ -12,8 +12,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from .module import Module
+from .parameter import Parameter
 
-__all__ = ["Sequential", "ModuleList", "ModuleDict"]
+__all__ = ["Sequential", "ModuleList", "ModuleDict", "ParameterDict"]
 
 
 def _index(idx: Any, n: int, kind: str) -> int:
@@ -169,3 +170,38 @@ class ModuleDict(Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("ModuleDict has no forward(); index it by key instead")
+
+
+class ParameterDict(Module):
+    """A dict of Parameters with string keys; each is registered under its key, so its
+    state-dict name is ``<prefix>.<key>`` (PyTorch's ``nn.ParameterDict``, which PEFT uses for
+    ``lora_embedding_A[adapter]``)."""
+
+    def __getitem__(self, key: str) -> Parameter:
+        if key not in self._parameters:
+            raise KeyError(f"ParameterDict has no key {key!r}; keys: {list(self._parameters)}")
+        return self._parameters[key]
+
+    def __setitem__(self, key: str, param: Parameter) -> None:
+        if not isinstance(param, Parameter):
+            raise TypeError(f"ParameterDict[{key!r}]: expected a Parameter, found "
+                            f"{type(param).__name__}")  # fmt: skip
+        self.register_parameter(key, param)
+
+    def __delitem__(self, key: str) -> None:
+        del self._parameters[key]
+
+    def __len__(self) -> int:
+        return len(self._parameters)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._parameters))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._parameters
+
+    def keys(self) -> list[str]:
+        return list(self._parameters.keys())
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("ParameterDict has no forward(); index it by key instead")

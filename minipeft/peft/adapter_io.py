@@ -26,12 +26,13 @@ from typing import Any, TypeVar
 import numpy as np
 from safetensors.numpy import save
 
-from minipeft.fileio import atomic_write_bytes, load_safetensors
+from minipeft.fileio import atomic_write_bytes, load_safetensors, safetensors_metadata
 from minipeft.peft.config import CONFIG_NAME, PeftConfig
 from minipeft.peft.matching import is_module_to_save
 
 __all__ = [
     "PICKLE_WEIGHTS_NAME",
+    "adapter_metadata",
     "WEIGHTS_NAME",
     "adapter_dir",
     "check_adapter_keys",
@@ -202,10 +203,11 @@ def save_adapter(
     config: PeftConfig,
     tensors: Mapping[str, Any],
     adapter_name: str = "default",
+    metadata: Mapping[str, str] | None = None,
 ) -> str:
-    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (metadata {"format": "pt"})
-    for on-disk-keyed ``tensors``; return the folder written. Like PEFT, the saved config has
-    ``inference_mode=True`` (the caller's config is not changed)."""
+    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (metadata {"format": "pt"}
+    plus ``metadata``) for on-disk-keyed ``tensors``; return the folder written. Like PEFT, the
+    saved config has ``inference_mode=True`` (the caller's config is not changed)."""
     out_dir = adapter_dir(folder, adapter_name)
     if os.path.isfile(out_dir):
         raise ValueError(f"save_adapter: expected a folder, found the file {out_dir!r}")
@@ -220,7 +222,10 @@ def save_adapter(
     if not arrays:
         raise ValueError("save_adapter: expected at least one tensor, found an empty dict")
     os.makedirs(out_dir, exist_ok=True)
-    atomic_write_bytes(os.path.join(out_dir, WEIGHTS_NAME), save(arrays, metadata={"format": "pt"}))
+    atomic_write_bytes(
+        os.path.join(out_dir, WEIGHTS_NAME),
+        save(arrays, metadata={"format": "pt", **(metadata or {})}),
+    )
     saved = copy.copy(config)  # keeps unknown keys; the caller's config stays as it was
     saved.inference_mode = True
     saved.save_pretrained(out_dir)
@@ -265,6 +270,16 @@ def load_adapter_files(
     if not tensors:
         warnings.warn(f"{weights} holds no tensors", stacklevel=2)
     return config, tensors
+
+
+def adapter_metadata(folder: str | os.PathLike, adapter_name: str = "default") -> dict[str, str]:
+    """The safetensors ``__metadata__`` of the adapter :func:`load_adapter_files` would read
+    (empty when the folder has no weights file)."""
+    path = adapter_dir(folder, adapter_name)
+    if not os.path.isfile(os.path.join(path, CONFIG_NAME)):
+        path = os.fspath(folder)
+    weights = os.path.join(path, WEIGHTS_NAME)
+    return safetensors_metadata(weights) if os.path.isfile(weights) else {}
 
 
 def check_adapter_keys(

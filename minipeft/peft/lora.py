@@ -138,6 +138,10 @@ class LoraLayer(Module):
             self.lora_B[key].requires_grad_(trainable)
         self.active_adapters = [n for n in names if n in self.lora_A]
 
+    def adapter_names(self) -> list[str]:
+        """The adapters this layer holds."""
+        return self.lora_A.keys()
+
     # ------------------------------------------------------------------ merging
     @property
     def merged(self) -> bool:
@@ -159,7 +163,8 @@ class LoraLayer(Module):
         untouched, if it is not finite.
         """
         names = self.active_adapters if adapter_names is None else adapter_names
-        todo = [n for n in names if n in self.lora_A and n not in self.merged_adapters]
+        held = self.adapter_names()
+        todo = [n for n in names if n in held and n not in self.merged_adapters]
         if len(todo) < len(names):
             done = [n for n in names if n in self.merged_adapters]
             if done:

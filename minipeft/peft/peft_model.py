@@ -21,8 +21,10 @@ from typing import Any
 
 from ..autograd import no_grad
 from ..backend import to_device, to_numpy
+from ..fileio import atomic_folder
 from ..nn import Module
 from .adapter_io import (
+    adapter_metadata,
     check_adapter_keys,
     from_peft_keys,
     load_adapter_files,
@@ -31,7 +33,15 @@ from .adapter_io import (
 )
 from .config import PeftConfig, TaskType
 from .lora_config import LoraConfig
+from .lora_embedding import LoraEmbedding
 from .matching import SEQ_CLS_HEAD_NAMES
+from .provenance import (
+    FINGERPRINT_KEY,
+    base_fingerprint,
+    base_mismatch,
+    labels_metadata,
+    warn_base_mismatch,
+)
 from .tuner import LoraModel
 
 __all__ = ["PeftModel", "get_peft_model"]
@@ -70,6 +80,8 @@ class PeftModel(Module):
             n.split(".")[-1] in SEQ_CLS_HEAD_NAMES for n, _ in model.named_modules()
         ):
             raise ValueError("task_type SEQ_CLS needs a model with a 'score' or 'classifier' head")
+        # Recorded before injection, while the weights are the base's own (see provenance).
+        self.base_fingerprint = base_fingerprint(model, config.modules_to_save)
         self.base_model = LoraModel(model, config, adapter_name)
 
     # ------------------------------------------------------------------ pass-through
@@ -156,16 +168,25 @@ class PeftModel(Module):
 
     def save_pretrained(self, save_directory: str | os.PathLike[str],
                         selected_adapters: list[str] | None = None) -> None:  # fmt: skip
-        """Write each adapter as PEFT does (non-default ones into ``save_directory/<name>/``)."""
+        """Write each adapter as PEFT does (non-default ones into ``save_directory/<name>/``).
+
+        The folder is written as a whole (a failure leaves the previous content); entries this
+        save does not write (other adapters, a run's checkpoint and logs) are kept. Besides
+        PEFT's files, the weights' metadata records the base fingerprint and, for a classifier,
+        the class names (:mod:`minipeft.peft.provenance`).
+        """
         names = selected_adapters or list(self.peft_config)
         for name in names:
             if name not in self.peft_config:
                 raise ValueError(f"adapter {name!r} not found; available: {list(self.peft_config)}")
-            config = copy.deepcopy(self.peft_config[name])
-            if not getattr(config, "base_model_name_or_path", None):
-                base = self.get_base_model()
-                config.base_model_name_or_path = getattr(base, "name_or_path", None)
-            save_adapter(save_directory, config, self.adapter_state_dict(name), name)
+        base = self.get_base_model()
+        metadata = {FINGERPRINT_KEY: self.base_fingerprint, **labels_metadata(base)}
+        with atomic_folder(save_directory, keep=lambda entry: True) as tmp:
+            for name in names:
+                config = copy.deepcopy(self.peft_config[name])
+                if not getattr(config, "base_model_name_or_path", None):
+                    config.base_model_name_or_path = getattr(base, "name_or_path", None)
+                save_adapter(tmp, config, self.adapter_state_dict(name), name, metadata)
 
     @classmethod
     def from_pretrained(
@@ -174,11 +195,18 @@ class PeftModel(Module):
         model_id: str | os.PathLike[str],
         adapter_name: str = "default",
         is_trainable: bool = False,
+        strict: bool = False,
     ) -> PeftModel:
         """Wrap ``model`` and load the adapter saved in ``model_id`` (frozen unless
         ``is_trainable``). Missing or unexpected keys and shape mismatches raise, leaving the
-        model as it was."""
+        model as it was. An adapter recorded for another base warns
+        (:class:`~minipeft.peft.provenance.BaseModelMismatchWarning`), or raises with
+        ``strict``."""
         config, tensors = load_adapter_files(model_id, adapter_name)
+        mismatch = base_mismatch(
+            adapter_metadata(model_id, adapter_name), model, _prepare_config(config), model_id,
+            strict,
+        )  # fmt: skip
         config.inference_mode = not is_trainable
         original = dict(model.named_modules())
         flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -191,6 +219,7 @@ class PeftModel(Module):
             raise
         if not is_trainable:
             peft_model.requires_grad_(False)
+        warn_base_mismatch(mismatch)
         return peft_model
 
     def load_adapter(self, model_id: str | os.PathLike[str], adapter_name: str,
@@ -220,8 +249,17 @@ class PeftModel(Module):
         expected_disk = to_peft_keys(
             {k: v.shape for k, v in own.items()}, adapter_name, bias=config.bias
         )
+        # PEFT also saves the whole table of a targeted embedding named like a vocabulary
+        # layer (save_embedding_layers="auto", for resized vocabularies): load it into the base.
+        tables = {
+            k: tensors[k]
+            for k in tensors
+            if k.endswith(".base_layer.weight")
+            and isinstance(self._module_at(k.removesuffix(".base_layer.weight")), LoraEmbedding)
+        }
+        tensors = {k: v for k, v in tensors.items() if k not in tables}
         check_adapter_keys(expected_disk, tensors, source)
-        memory = from_peft_keys(tensors, adapter_name, config.modules_to_save)
+        memory = {**from_peft_keys(tensors, adapter_name, config.modules_to_save), **tables}
         params = dict(self.named_parameters(remove_duplicate=False))
         buffers = dict(self.named_buffers())
         with no_grad():
@@ -230,6 +268,12 @@ class PeftModel(Module):
                 if target is None:
                     raise ValueError(f"{source}: adapter key {key!r} has no place in the model")
                 target.data[...] = to_device(value.astype(target.dtype), target.device)
+
+    def _module_at(self, name: str) -> Module | None:
+        try:
+            return self.get_submodule(name)
+        except AttributeError:
+            return None
 
 
 def _restore(model: Module, modules: dict[str, Module], flags: list[tuple[Any, bool]]) -> None:

@@ -17,6 +17,7 @@ from ..nn import Module
 from .config import PeftConfig, resolve_target_modules
 from .lora import LoraLayer, is_linear
 from .lora_config import LoraConfig
+from .lora_embedding import LoraEmbedding, is_embedding
 from .matching import find_targets, is_module_to_save
 from .modules_to_save import ModulesToSaveWrapper
 
@@ -57,23 +58,32 @@ class LoraModel(Module):
         model_type = model_type_of(self.model)
         modules = dict(self.model.named_modules())
         names = [n for n in modules if n and not _inside_adapter(n)]
-        # A LoraLayer is itself linear (in/out features, and a weight through its base layer).
+        # A LoraLayer is itself linear (in/out features, and a weight through its base layer);
+        # embeddings are never "all-linear" targets (PEFT excludes them too).
         linear_names = {
-            n for n in names if isinstance(modules[n], LoraLayer) or is_linear(modules[n])
+            n
+            for n in names
+            if not isinstance(modules[n], LoraEmbedding)
+            and (isinstance(modules[n], LoraLayer) or is_linear(modules[n]))
         }
         targets = find_targets(names, config, model_type=model_type, linear_names=linear_names)
         for name in targets:
             module = modules[name]
-            if not (isinstance(module, LoraLayer) or is_linear(module)):
+            if not (isinstance(module, LoraLayer) or is_linear(module) or is_embedding(module)):
                 raise TypeError(
                     f"target module {name!r} is a {type(module).__name__}; LoRA supports linear "
-                    "layers (in_features, out_features, weight) only"
+                    "layers (in_features, out_features, weight) and embedding layers "
+                    "(num_embeddings, embedding_dim, weight) only"
                 )
         to_save = self._modules_to_save_names(list(config.modules_to_save or []))
         for name in targets:
             module = modules[name]
             if not isinstance(module, LoraLayer):
-                module = LoraLayer(module, fan_in_fan_out=config.fan_in_fan_out)
+                layer = LoraEmbedding if is_embedding(module) else LoraLayer
+                wrapped = module
+                module = layer(module, fan_in_fan_out=config.fan_in_fan_out)
+                if isinstance(module, LoraEmbedding):
+                    module.tied_to = _tied_output(self.model, wrapped)
                 self.model.set_submodule(name, module)
             module.update_layer(
                 adapter_name,
@@ -210,6 +220,15 @@ class LoraModel(Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
+
+
+def _tied_output(model: Module, embedding: Module) -> str | None:
+    """Name of the module whose weight *is* this embedding's table (a tied lm_head), if any."""
+    for name, module in model.named_modules():
+        if module is not embedding and getattr(module, "weight", None) is embedding.weight:
+            if not hasattr(module, "num_embeddings"):
+                return name
+    return None
 
 
 def _inside_adapter(name: str) -> bool:
