@@ -18,7 +18,8 @@ its derivative is undefined or ill-conditioned (a central difference there would
 
 Strategies that depend on a shape (a reduction's dims, an index, a reshape target) take the
 shape and return a strategy; the ``*_example`` ones draw input shapes and op parameters together
-and return ``(shapes, params)``, the form the op table in test_ops.py consumes.
+and return ``(shapes, params)``, the form the op table in test_ops.py consumes. The
+``*_setups`` ones draw a whole layer configuration as a dict (``lora_embedding_setups``).
 """
 
 from __future__ import annotations
@@ -269,3 +270,23 @@ def param_example(shape: st.SearchStrategy[Shape] | None = None, **params: Any) 
     return st.tuples(shape or shapes(), st.fixed_dictionaries(params)).map(
         lambda t: ((t[0],), t[1])
     )
+
+
+# ---------------------------------------------------------------------------- LoRA
+@st.composite
+def lora_embedding_setups(draw: st.DrawFn) -> dict[str, Any]:
+    """A LoRA-on-embedding setup: table (V, C), rank r, α, rsLoRA, an optional ``padding_idx``
+    and token ids (1-2 dims, values in [0, V), repeats likely), plus a seed for the weights.
+
+    r may exceed min(V, C) (PEFT allows it; ΔE's rank is then min(V, C, r))."""
+    v, c, r = draw(st.integers(1, 12)), draw(st.integers(1, 6)), draw(st.integers(1, 5))
+    return {
+        "v": v,
+        "c": c,
+        "r": r,
+        "alpha": draw(st.sampled_from([0.5, 1, 4, 8, 16, 32])),
+        "rslora": draw(st.booleans()),
+        "padding_idx": draw(st.none() | st.integers(0, v - 1)),
+        "ids": draw(hnp.arrays(np.int64, shapes(1, 2, max_side=5), elements=st.integers(0, v - 1))),
+        "seed": draw(st.integers(0, 2**16)),
+    }

@@ -378,3 +378,44 @@ def test_the_package_summary_names_only_methods_that_exist():
     for word, attribute in needs.items():
         if word in summary:
             assert hasattr(peft, attribute), f"the summary names {word}, which does not exist"
+
+
+def _interrupt_at(monkeypatch, step: int) -> None:
+    init = Trainer.__init__
+
+    def with_ctrl_c(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.callbacks.append(_CtrlCAt(step))
+
+    monkeypatch.setattr(Trainer, "__init__", with_ctrl_c)
+
+
+def test_pretrain_resumes_bit_for_bit(work, monkeypatch, capsys):
+    argv = ["pretrain", "--preset", "nano", "--steps", "6", "--save-every", "2", "--quiet"]
+    assert main([*argv, "--out", str(work / "pt-whole")]) == 0
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 3)
+        assert main([*argv, "--out", str(work / "pt-parts")]) == 130
+    assert "minipeft pretrain --out" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (work / "pt-parts" / "config.json").exists()  # no half-made model
+    assert main(["pretrain", "--out", str(work / "pt-parts"), "--resume", "--quiet"]) == 0
+    a = load_safetensors(work / "pt-whole" / "model.safetensors")
+    b = load_safetensors(work / "pt-parts" / "model.safetensors")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert (work / "pt-whole" / "tokenizer.json").read_bytes() == (
+        work / "pt-parts" / "tokenizer.json"
+    ).read_bytes()
+
+
+def test_resume_on_a_changed_base_is_refused(work, monkeypatch, capsys):
+    base = work / "base-to-change"
+    assert main(["pretrain", *NANO, "--out", str(base)]) == 0
+    out = work / "resume-changed-base"
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 2)
+        assert main(_finetune(base, out, "--steps", "6")) == 130
+    assert main(["pretrain", *NANO, "--seed", "5", "--out", str(base), "--overwrite"]) == 0
+    capsys.readouterr()
+    assert main(["finetune", "--out", str(out), "--resume", "--quiet"]) == 2
+    assert "was started on another base model" in _one_error_line(capsys)

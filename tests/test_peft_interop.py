@@ -286,6 +286,7 @@ def _nonzero_embedding_lora(model, ours: bool) -> None:
                     table[key].copy_(torch.tensor(values))
 
 
+@pytest.mark.filterwarnings("ignore:Setting `save_embedding_layers`")  # PEFT: embed_tokens
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_embedding_lora_moves_both_ways(arch, gpt2_dir, llama_dir, tmp_path) -> None:
     folder = {"gpt2": gpt2_dir, "llama": llama_dir}[arch]

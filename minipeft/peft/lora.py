@@ -43,7 +43,15 @@ class LoraLayer(Module):
 
     ``fan_in_fan_out=True`` means the base weight is stored (d_in, d_out) (HF's Conv1D); it only
     changes how the delta weight is laid out when merging.
+
+    A subclass for another base layer (:class:`~minipeft.peft.lora_embedding.LoraEmbedding`)
+    names its per-adapter containers in ``adapter_layer_names`` (trainable) and
+    ``other_adapter_containers`` and overrides ``update_layer``, ``get_delta_weight`` and
+    ``forward``; adapter state, set/delete and merge/unmerge are written once, here.
     """
+
+    adapter_layer_names: tuple[str, ...] = ("lora_A", "lora_B")  # PEFT's attribute name
+    other_adapter_containers: tuple[str, ...] = ("lora_dropout",)
 
     def __init__(self, base_layer: Module, fan_in_fan_out: bool = False) -> None:
         super().__init__()
@@ -76,6 +84,10 @@ class LoraLayer(Module):
         self.lora_A = ModuleDict()
         self.lora_B = ModuleDict()
         self.lora_dropout = ModuleDict()
+        self._init_adapter_state()
+
+    def _init_adapter_state(self) -> None:
+        """Per-adapter rank, alpha and scaling, and the merged / active / disabled state."""
         self.r: dict[str, int] = {}
         self.lora_alpha: dict[str, float] = {}
         self.scaling: dict[str, float] = {}
@@ -94,14 +106,28 @@ class LoraLayer(Module):
         use_rslora: bool = False,
     ) -> None:
         """Add adapter ``adapter_name`` with rank r and scaling α/r (or α/√r)."""
-        if not isinstance(r, int) or r <= 0:
-            raise ValueError(f"LoRA rank r must be a positive int, found {r!r}")
-        w = self.base_layer.weight
-        dtype = w.dtype if w.dtype.kind == "f" and w.dtype.itemsize >= 4 else "float32"
-        kw = {"bias": False, "device": w.device, "dtype": dtype}
+        self._check_rank(r)
+        kw = {"bias": False, **self._adapter_factory_kwargs()}
         self.lora_A[adapter_name] = Linear(self.in_features, r, **kw)
         self.lora_B[adapter_name] = Linear(r, self.out_features, **kw)
         self.lora_dropout[adapter_name] = Dropout(lora_dropout) if lora_dropout > 0 else Identity()
+        self._finish_update(adapter_name, r, lora_alpha, init_lora_weights, use_rslora)
+
+    @staticmethod
+    def _check_rank(r: Any) -> None:
+        if not isinstance(r, int) or r <= 0:
+            raise ValueError(f"LoRA rank r must be a positive int, found {r!r}")
+
+    def _adapter_factory_kwargs(self) -> dict[str, Any]:
+        """Device and dtype of new adapter weights: the base weight's, but at least float32, so
+        a float16 base keeps float32 adapters (PEFT's ``autocast_adapter_dtype=True``)."""
+        w = self.base_layer.weight
+        dtype = w.dtype if w.dtype.kind == "f" and w.dtype.itemsize >= 4 else "float32"
+        return {"device": w.device, "dtype": dtype}
+
+    def _finish_update(self, adapter_name: str, r: int, lora_alpha: float,
+                       init_lora_weights: bool | str, use_rslora: bool) -> None:  # fmt: skip
+        """Record r, α and s = α/r (rsLoRA: α/√r), initialise, and activate a first adapter."""
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = lora_alpha
         self.scaling[adapter_name] = lora_alpha / (math.sqrt(r) if use_rslora else r)
@@ -122,7 +148,8 @@ class LoraLayer(Module):
         nn_init.zeros_(b)
 
     def delete_adapter(self, adapter_name: str) -> None:
-        for container in (self.lora_A, self.lora_B, self.lora_dropout):
+        for attr in self.adapter_layer_names + self.other_adapter_containers:
+            container = getattr(self, attr)
             if adapter_name in container:
                 del container[adapter_name]
         for d in (self.r, self.lora_alpha, self.scaling):
@@ -132,20 +159,25 @@ class LoraLayer(Module):
     def set_adapter(self, adapter_names: str | list[str]) -> None:
         """Activate these adapters; only they are trainable (PEFT's behaviour)."""
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        for key in self.lora_A.keys():
-            trainable = key in names
-            self.lora_A[key].requires_grad_(trainable)
-            self.lora_B[key].requires_grad_(trainable)
-        self.active_adapters = [n for n in names if n in self.lora_A]
+        held = self.adapter_names()
+        for attr in self.adapter_layer_names:
+            container = getattr(self, attr)
+            for key in held:
+                container[key].requires_grad_(key in names)
+        self.active_adapters = [n for n in names if n in held]
 
     def adapter_names(self) -> list[str]:
         """The adapters this layer holds."""
-        return self.lora_A.keys()
+        return getattr(self, self.adapter_layer_names[0]).keys()
 
     # ------------------------------------------------------------------ merging
     @property
     def merged(self) -> bool:
         return bool(self.merged_adapters)
+
+    def check_merge_allowed(self) -> None:
+        """Raise if merging this layer would change what the model computes (a linear layer
+        always merges; see :class:`~minipeft.peft.lora_embedding.LoraEmbedding`)."""
 
     def get_delta_weight(self, adapter_name: str) -> Any:
         """ΔW = s · B A as a raw array laid out like the base weight ((d_out, d_in), or
@@ -162,6 +194,7 @@ class LoraLayer(Module):
         ``safe_merge`` computes the merged weight on a copy first and raises, leaving W
         untouched, if it is not finite.
         """
+        self.check_merge_allowed()
         names = self.active_adapters if adapter_names is None else adapter_names
         held = self.adapter_names()
         todo = [n for n in names if n in held and n not in self.merged_adapters]

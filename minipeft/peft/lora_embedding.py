@@ -6,21 +6,25 @@ A (r, V) and B (C, r) and computes, as PEFT's ``lora.Embedding`` does,
     z = E[ids] + s · (Aᵀ[ids] @ Bᵀ),      s = α / r   (rsLoRA: α / √r)
 
 i.e. the table becomes E + s·(B A)ᵀ, rank r. A starts at zero and B ~ N(0, 1) (PEFT's choice
-for embeddings: the reverse of a linear layer's, so again ΔE = 0 at initialisation while the
-gradient of A is not zero). No dropout is applied on this path, as in PEFT. The update has
-r · (V + C) parameters instead of V · C; merging ``E ← E + s·(B A)ᵀ`` removes it.
+for embeddings, taken from loralib: the reverse of a linear layer's, so again ΔE = 0 at
+initialisation while the gradient of A is not zero). No dropout is applied on this path, as in
+PEFT. The lookup of Aᵀ uses the base layer's ``padding_idx``, so, as in PEFT, the column of A for
+the padding token gets no gradient. The update has r · (V + C) parameters instead of V · C;
+merging ``E ← E + s·(B A)ᵀ`` removes it.
 
 Shapes: ids (...) → Aᵀ[ids] (..., r) → @ Bᵀ (..., C).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from ..creation import as_array, randn
 from ..functional import embedding
 from ..nn import Module, Parameter, ParameterDict
 from ..nn import init as nn_init
+from ..nn.layers import _PaddedEmbeddingFn
+from ..tensor import Tensor
 from .lora import LoraLayer
 
 __all__ = ["LoraEmbedding", "is_embedding"]
@@ -38,27 +42,29 @@ def is_embedding(module: Any) -> bool:
 
 class LoraEmbedding(LoraLayer):
     """Wraps one embedding; adds ``lora_embedding_A[name]`` (r, V), ``lora_embedding_B[name]``
-    (C, r). Merging, unmerging and adapter state are :class:`LoraLayer`'s."""
+    (C, r), bare Parameters as in PEFT (state-dict keys ``...wte.lora_embedding_A.default``).
+    Adapter state, set/delete and merge/unmerge are :class:`LoraLayer`'s.
+
+    ``fan_in_fan_out`` is accepted for the tuner's sake and ignored: a table is always (V, C).
+    """
+
+    adapter_layer_names = ("lora_embedding_A", "lora_embedding_B")
+    other_adapter_containers = ()
 
     def __init__(self, base_layer: Module, fan_in_fan_out: bool = False) -> None:
-        Module.__init__(self)
+        Module.__init__(self)  # not LoraLayer's: it checks the linear contract
         if not is_embedding(base_layer):
             raise TypeError(
                 f"LoraEmbedding wraps embedding layers (num_embeddings, embedding_dim, weight), "
                 f"found {type(base_layer).__name__}"
             )
         self.base_layer = base_layer
-        self.in_features = base_layer.num_embeddings  # PEFT's names for V and C
+        self.in_features = base_layer.num_embeddings  # PEFT's LoraLayer names V and C so too
         self.out_features = base_layer.embedding_dim
         self.fan_in_fan_out = False
-        self.lora_embedding_A = ParameterDict()  # PEFT's names: ``...wte.lora_embedding_A``
+        self.lora_embedding_A = ParameterDict()
         self.lora_embedding_B = ParameterDict()
-        self.r: dict[str, int] = {}
-        self.lora_alpha: dict[str, float] = {}
-        self.scaling: dict[str, float] = {}
-        self.merged_adapters: list[str] = []
-        self.active_adapters: list[str] = []
-        self.disable_adapters = False
+        self._init_adapter_state()
         self.tied_to: str | None = None  # set by the tuner when lm_head shares this table
 
     @property
@@ -74,9 +80,7 @@ class LoraEmbedding(LoraLayer):
     def embedding_dim(self) -> int:
         return self.out_features
 
-    def adapter_names(self) -> list[str]:
-        return self.lora_embedding_A.keys()
-
+    # ------------------------------------------------------------------ adapters
     def update_layer(
         self,
         adapter_name: str,
@@ -86,64 +90,51 @@ class LoraEmbedding(LoraLayer):
         init_lora_weights: bool | str = True,
         use_rslora: bool = False,
     ) -> None:
-        """Add adapter ``adapter_name``: A (r, V), B (C, r), scaling α/r (or α/√r)."""
-        if not isinstance(r, int) or r <= 0:
-            raise ValueError(f"LoRA rank r must be a positive int, found {r!r}")
-        from ..creation import randn  # noqa: PLC0415
+        """Add adapter ``adapter_name``: A (r, V), B (C, r), scaling α/r (or α/√r).
 
-        w = self.base_layer.weight
-        dtype = w.dtype if w.dtype.kind == "f" and w.dtype.itemsize >= 4 else "float32"
-        kw = {"device": w.device, "dtype": dtype}
+        ``lora_dropout`` is accepted and not used: PEFT's embedding forward applies none."""
+        self._check_rank(r)
+        kw = self._adapter_factory_kwargs()
         self.lora_embedding_A[adapter_name] = Parameter(randn(r, self.in_features, **kw))
         self.lora_embedding_B[adapter_name] = Parameter(randn(self.out_features, r, **kw))
-        self.r[adapter_name] = r
-        self.lora_alpha[adapter_name] = lora_alpha
-        self.scaling[adapter_name] = lora_alpha / (math.sqrt(r) if use_rslora else r)
-        self.reset_lora_parameters(adapter_name, init_lora_weights)
-        if not self.active_adapters:
-            self.active_adapters = [adapter_name]
+        self._finish_update(adapter_name, r, lora_alpha, init_lora_weights, use_rslora)
 
     def reset_lora_parameters(self, adapter_name: str, init: bool | str) -> None:
-        """True (and "gaussian", as PEFT treats every other init of an embedding alike):
-        A = 0, B ~ N(0, 1). False: both keep their random N(0, 1) start (for tests)."""
+        """True, and "gaussian" too (PEFT treats every init of an embedding alike): A = 0,
+        B ~ N(0, 1). False: both keep their random N(0, 1) start (for tests)."""
         if init is False:
             return
         nn_init.zeros_(self.lora_embedding_A[adapter_name])
         nn_init.normal_(self.lora_embedding_B[adapter_name])
 
-    def delete_adapter(self, adapter_name: str) -> None:
-        for container in (self.lora_embedding_A, self.lora_embedding_B):
-            if adapter_name in container:
-                del container[adapter_name]
-        for d in (self.r, self.lora_alpha, self.scaling):
-            d.pop(adapter_name, None)
-        self.active_adapters = [a for a in self.active_adapters if a != adapter_name]
-
-    def set_adapter(self, adapter_names: str | list[str]) -> None:
-        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        for key in self.lora_embedding_A.keys():
-            trainable = key in names
-            self.lora_embedding_A[key].requires_grad_(trainable)
-            self.lora_embedding_B[key].requires_grad_(trainable)
-        self.active_adapters = [n for n in names if n in self.lora_embedding_A]
-
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """E ← E + ΔE, refused for a table tied to the output layer: there the adapter changes
-        only the input embedding, and merging would change ``lm_head`` as well."""
+    # ------------------------------------------------------------------ merging
+    def check_merge_allowed(self) -> None:
+        """Refuse to merge a table tied to the output layer: the adapter changes only the input
+        embedding, and merging would change ``lm_head`` as well (PEFT merges and only warns)."""
         if self.tied_to:
             raise ValueError(
                 f"cannot merge LoRA on an embedding tied to {self.tied_to!r} "
                 "(tie_word_embeddings): the merged table would change the output layer too, so "
                 "the merged model would not compute what the adapter does; keep it unmerged"
             )
-        super().merge(safe_merge=safe_merge, adapter_names=adapter_names)
 
     def get_delta_weight(self, adapter_name: str) -> Any:
-        """ΔE = s · (B A)ᵀ, shaped like the table (V, C)."""
+        """ΔE = s · (B A)ᵀ as a raw array shaped like the table (V, C), in the table's dtype."""
         a = self.lora_embedding_A[adapter_name].data
         b = self.lora_embedding_B[adapter_name].data
         delta = (b @ a).T * self.scaling[adapter_name]
         return delta.astype(self.base_layer.weight.dtype, copy=False)
+
+    # ------------------------------------------------------------------ forward
+    def _embed(self, ids: Any, table: Tensor) -> Tensor:
+        """Rows of ``table`` (V, r) for ``ids`` (...) → (..., r), with the base layer's
+        ``padding_idx`` (PEFT's ``_embed``): that row then gets no gradient."""
+        pad = getattr(self.base_layer, "padding_idx", None)
+        if pad is None:
+            return embedding(ids, table)
+        # The base layer has already checked the ids (integers in [0, V)).
+        return _PaddedEmbeddingFn.apply(table, ids=as_array(ids, device=table.device),
+                                        padding_idx=pad)  # fmt: skip
 
     def forward(self, x: Any) -> Any:
         if self.disable_adapters:
@@ -156,8 +147,7 @@ class LoraEmbedding(LoraLayer):
         for name in self.active_adapters:
             if name not in self.lora_embedding_A:
                 continue
-            a = self.lora_embedding_A[name]  # (r, V)
-            after_a = embedding(x, a.T)  # (..., r): rows of Aᵀ
+            after_a = self._embed(x, self.lora_embedding_A[name].T)  # (..., r): rows of Aᵀ
             update = (after_a @ self.lora_embedding_B[name].T) * self.scaling[name]  # (..., C)
             result = result + (update if update.dtype == result.dtype else update.to(result.dtype))
         return result

@@ -1,4 +1,5 @@
-"""``LoraModel``: finds the target layers of a model and wraps them in :class:`LoraLayer`.
+"""``LoraModel``: finds the target layers of a model and wraps them in :class:`LoraLayer`
+(linear layers) or :class:`LoraEmbedding` (embedding tables).
 
 This is PEFT's tuner (``peft.tuners.lora.LoraModel``): it holds the user's model as
 ``self.model`` — so parameter names gain the ``base_model.model.`` prefix PEFT uses — and does all
@@ -49,7 +50,9 @@ class LoraModel(Module):
         """Wrap every target of ``config`` (or add the adapter to an existing LoRA layer).
 
         Nothing is changed unless every step can succeed: targets are resolved first, and a
-        target that is not a linear layer raises before any wrapping.
+        target that is neither a linear nor an embedding layer raises before any wrapping.
+        Embeddings are wrapped in :class:`LoraEmbedding`, every other target in
+        :class:`LoraLayer`.
         """
         if not isinstance(config, LoraConfig):
             raise TypeError(f"expected a LoraConfig, found {type(config).__name__}")
@@ -185,6 +188,8 @@ class LoraModel(Module):
     # ------------------------------------------------------------------ merging
     def merge_adapter(self, safe_merge: bool = False) -> None:
         layers = list(self.lora_layers())
+        for layer in layers:  # e.g. an embedding tied to lm_head: refused before any change
+            layer.check_merge_allowed()
         if safe_merge:  # check every layer before touching any: nothing half-applied
             for layer in layers:
                 for name in layer.active_adapters:
