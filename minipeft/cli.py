@@ -10,220 +10,26 @@
     minipeft eval [--model DIR] [--adapter DIR] --task NAME
     minipeft merge [--model DIR] --adapter DIR --out DIR
 
-Each subcommand lives in its own function and imports what it needs lazily, so ``--version``
-and ``info`` start instantly. Bad input gets one line on stderr and exit status 2; Ctrl-C during
+This file holds the parser and ``main``; each subcommand is a function in
+:mod:`minipeft.cli_commands` that imports what it needs lazily, so ``--version`` and ``info``
+start instantly. Bad input gets one line on stderr and exit status 2; Ctrl-C during
 training saves a checkpoint, prints how to continue, and exits 130 (no traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from . import cli_commands as commands
 
 __all__ = ["main", "build_parser"]
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
-
-
-# ------------------------------------------------------------------------------ model folders
-def _default_base() -> Path:
-    from .jobs.pretrain import default_base_dir  # noqa: PLC0415
-
-    return default_base_dir()
-
-
-def _model_dir(path: str | None, adapter: str | None = None) -> str:
-    """The base model folder: ``--model``, else the adapter's recorded local base, else the
-    cache; a missing folder is an error that says what to do."""
-    if path is None and adapter is not None:
-        from .peft import PeftConfig  # noqa: PLC0415
-
-        recorded = getattr(PeftConfig.from_pretrained(adapter), "base_model_name_or_path", None)
-        if recorded and (Path(recorded) / "config.json").is_file():
-            return recorded
-    if path is None:
-        base = _default_base()
-        if not (base / "config.json").is_file():
-            raise ValueError(
-                f"no base model yet at {base} (the cache, $MINIPEFT_CACHE): build it with "
-                "`minipeft pretrain` (a few minutes on a CPU) or `minipeft quickstart`, or pass "
-                "--model DIR"
-            )
-        return os.fspath(base)
-    if not (Path(path) / "config.json").is_file():
-        what = "is not a folder" if not Path(path).is_dir() else "has no config.json"
-        raise ValueError(
-            f"--model {path!r} {what}: expected a local Hugging Face model folder (config.json, "
-            "model.safetensors, tokenizer.json), such as `minipeft pretrain` or transformers' "
-            "save_pretrained writes. minipeft never downloads: hub ids such as 'gpt2' are not "
-            "fetched"
-        )
-    return path
-
-
-# ------------------------------------------------------------------------------ commands
-def _cmd_info(args: argparse.Namespace) -> int:
-    from .backend import backend_info  # noqa: PLC0415
-    from .threads import get_num_threads  # noqa: PLC0415
-
-    info = backend_info()
-    print(f"minipeft {__version__}")
-    print(f"python   {sys.version.split()[0]}")
-    print(f"numpy    {info['numpy']}")
-    print(f"cupy     {info['cupy'] or 'not available'}")
-    print(f"devices  {', '.join(info['devices'])}")
-    cuda = info["cuda"]
-    print(f"cuda     {cuda if info['cupy'] else 'unavailable (' + cuda + ')'}")
-    print(f"threads  {get_num_threads()} BLAS thread(s) (--threads / MINIPEFT_NUM_THREADS)")
-    return 0
-
-
-def _train_flags(args: argparse.Namespace) -> dict:
-    return {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
-            "warmup": args.warmup, "grad_accum": args.grad_accum, "eval_every": args.eval_every,
-            "save_every": args.save_every, "seed": args.seed}  # fmt: skip
-
-
-def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from .jobs.pretrain import pretrain  # noqa: PLC0415
-
-    args._out = args.out or os.fspath(_default_base())
-    pretrain(out=args.out, corpus=args.corpus, preset=args.preset, device=args.device,
-             resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
-             **_train_flags(args))  # fmt: skip
-    return 0
-
-
-def _sampling(args: argparse.Namespace) -> tuple[bool, float]:
-    """(do_sample, temperature): sample when --temperature > 0 or --top-k/--top-p is given."""
-    temperature = args.temperature
-    if temperature is not None and not temperature >= 0:
-        raise ValueError(f"--temperature: expected a number >= 0 (0 = greedy), found {temperature}")
-    filters = args.top_k is not None or args.top_p is not None
-    if temperature == 0 and filters:
-        raise ValueError(
-            "--temperature 0 means greedy decoding, which ignores --top-k/--top-p; expected "
-            "a temperature > 0 (or none, which samples at 1.0) to sample with them"
-        )
-    if temperature is None:
-        return filters, 1.0
-    return temperature > 0, temperature if temperature > 0 else 1.0
-
-
-def _check_causal_lm_adapter(adapter: str) -> None:
-    """Fail early, and say why, when an adapter was trained for another head than an LM's."""
-    from .peft import PeftConfig, TaskType  # noqa: PLC0415
-
-    task = PeftConfig.from_pretrained(adapter).task_type
-    task = getattr(task, "value", task)
-    if task not in (None, TaskType.CAUSAL_LM.value):
-        kind = " (classification: use minipeft predict)" if task == TaskType.SEQ_CLS.value else ""
-        raise ValueError(
-            f"{adapter}: the adapter is a {task}{kind} adapter; generate needs a "
-            f"{TaskType.CAUSAL_LM.value} one (fine-tuned on a causal_lm task such as docstrings)"
-        )
-
-
-def _cmd_generate(args: argparse.Namespace) -> int:
-    from .creation import tensor  # noqa: PLC0415
-    from .jobs.finetune import load_for_inference  # noqa: PLC0415
-    from .tokenizer import Tokenizer  # noqa: PLC0415
-
-    do_sample, temperature = _sampling(args)
-    if args.adapter:
-        _check_causal_lm_adapter(args.adapter)
-    path = _model_dir(args.model, args.adapter)
-    tokenizer = Tokenizer.from_pretrained(path)
-    model, kind = load_for_inference(path, args.adapter, args.device, args.strict)
-    if kind != "causal_lm":
-        raise ValueError(f"--model {path!r} is a classifier; use minipeft predict with it")
-    ids = tokenizer.encode(args.prompt)
-    if not ids:
-        raise ValueError(f"the prompt {args.prompt!r} encodes to no tokens")
-    out = model.generate(
-        tensor([ids], device=args.device), max_new_tokens=args.max_new_tokens,
-        do_sample=do_sample, temperature=temperature, top_k=args.top_k, top_p=args.top_p,
-        eos_token_id=tokenizer.eos_token_id, seed=args.seed,
-    )  # fmt: skip
-    print(tokenizer.decode(out.numpy()[0].tolist()))
-    return 0
-
-
-def _cmd_finetune(args: argparse.Namespace) -> int:
-    from .jobs.finetune import finetune  # noqa: PLC0415
-
-    model = None if args.resume and args.model is None else _model_dir(args.model)
-    if args.out is None:
-        args.out = os.fspath(Path("runs") / f"{args.method or 'lora'}-{args.task or 'docstrings'}")
-    r = finetune(model, task=args.task, out=args.out, method=args.method, r=args.r,
-                 alpha=args.alpha, dropout=args.dropout, targets=args.targets,
-                 device=args.device, resume=args.resume, overwrite=args.overwrite,
-                 progress=not args.quiet, **_train_flags(args))  # fmt: skip
-    m = r.metric
-    what = "adapter" if r.method == "lora" else "model"
-    print(f"{r.task}: {m} {r.before[m]:.4f} -> {r.after[m]:.4f}; {what} saved to "
-          f"{r.adapter_path} ({r.adapter_bytes:,} bytes) in {r.seconds:.0f} s")  # fmt: skip
-    return 0
-
-
-def _texts(args: argparse.Namespace) -> list[str]:
-    if args.file is None:
-        return list(args.text)
-    if args.file == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        lines = Path(args.file).read_text(encoding="utf-8").splitlines()
-    return list(args.text or []) + [ln for ln in lines if ln.strip()]
-
-
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from .jobs.predict import predict  # noqa: PLC0415
-
-    if not args.text and args.file is None:
-        raise ValueError("predict: expected --text TEXT (repeatable) or --file F (one per line)")
-    texts = _texts(args)
-    preds = predict(_model_dir(args.model, args.adapter), texts, adapter=args.adapter,
-                    device=args.device, strict=args.strict)  # fmt: skip
-    for p in preds:
-        if args.json:
-            print(json.dumps({"text": p.text, "label": p.label, "probabilities": p.probabilities}))
-        else:
-            short = p.text if len(p.text) <= 60 else p.text[:57] + "..."
-            print(f"{p.label}\t{p.probabilities[p.label]:.3f}\t{short}")
-    return 0
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from .jobs.predict import evaluate_task  # noqa: PLC0415
-
-    metrics = evaluate_task(_model_dir(args.model, args.adapter), args.task,
-                            adapter=args.adapter, device=args.device,
-                            strict=args.strict)  # fmt: skip
-    print(f"{args.task} (held-out split): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    return 0
-
-
-def _cmd_merge(args: argparse.Namespace) -> int:
-    from .jobs.finetune import merge  # noqa: PLC0415
-
-    merge(_model_dir(args.model, args.adapter), args.adapter, args.out, device=args.device,
-          strict=args.strict, overwrite=args.overwrite)  # fmt: skip
-    print(f"merged model saved to {args.out}")
-    return 0
-
-
-def _cmd_quickstart(args: argparse.Namespace) -> int:
-    from .jobs.quickstart import quickstart  # noqa: PLC0415
-
-    quickstart(out=args.out, steps=args.steps, device=args.device, seed=args.seed,
-               progress=not args.quiet)  # fmt: skip
-    return 0
 
 
 # ------------------------------------------------------------------------------ parser
@@ -294,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("info", help="print the version, the backends, the devices and threads")
     _threads(p)
-    p.set_defaults(func=_cmd_info)
+    p.set_defaults(func=commands.cmd_info)
 
     p = sub.add_parser("quickstart", help="pretrain (if not cached), LoRA fine-tune, merge, "
                        "print a before/after table")  # fmt: skip
@@ -305,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=150, help="fine-tuning steps (default 150)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _threads(p)
-    p.set_defaults(func=_cmd_quickstart)
+    p.set_defaults(func=commands.cmd_quickstart)
 
     p = sub.add_parser("pretrain", help="train a small GPT-2 and its tokenizer on offline text")
     p.add_argument("--out", default=None, help="output folder (default: the cache, "
@@ -314,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the Python documentation topics)")  # fmt: skip
     p.add_argument("--preset", default=None, help="model size: default, cpu-tiny or nano")
     _training(p, steps="400", lr="3e-3")
-    p.set_defaults(func=_cmd_pretrain)
+    p.set_defaults(func=commands.cmd_pretrain)
 
     p = sub.add_parser("generate", help="continue a prompt with a model (and an adapter)")
     _inference(p)
@@ -326,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None,
                    help="sample from the smallest set of tokens with probability >= p")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_generate)
+    p.set_defaults(func=commands.cmd_generate)
 
     p = sub.add_parser("finetune", help="fine-tune (LoRA or every weight) and save the result")
     p.add_argument(
@@ -346,26 +152,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the architecture's, plus the token embedding for "
                    "docstring-topic; 'all-linear' for every linear)")  # fmt: skip
     _training(p, steps="150; 300 for docstring-topic", lr="1e-2 for LoRA on docstrings, else 1e-3")
-    p.set_defaults(func=_cmd_finetune)
+    p.set_defaults(func=commands.cmd_finetune)
 
     p = sub.add_parser("predict", help="classify texts with a fine-tuned classifier")
     _inference(p)
     p.add_argument("--text", action="append", default=[], help="a text (repeatable)")
     p.add_argument("--file", default=None, help="a file of texts, one per line ('-': stdin)")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
-    p.set_defaults(func=_cmd_predict)
+    p.set_defaults(func=commands.cmd_predict)
 
     p = sub.add_parser("eval", help="a model's (and adapter's) metric on a task's held-out split")
     _inference(p)
     p.add_argument("--task", required=True, help="docstrings or docstring-topic")
-    p.set_defaults(func=_cmd_eval)
+    p.set_defaults(func=commands.cmd_eval)
 
     p = sub.add_parser("merge", help="merge an adapter into its base and save an HF folder")
     _inference(p)
     p.set_defaults(adapter=None)
     p.add_argument("--out", required=True, help="a new folder (not the base's or the adapter's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.set_defaults(func=_cmd_merge)
+    p.set_defaults(func=commands.cmd_merge)
     return parser
 
 

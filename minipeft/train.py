@@ -24,13 +24,9 @@ checkpoint written.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -41,8 +37,9 @@ import numpy as np
 
 from .autograd import no_grad
 from .backend import get_rng, manual_seed, to_device, to_numpy
-from .creation import tensor
+from .evaluation import Batch, count_tokens, evaluate, to_device_batch
 from .fileio import atomic_write_text, load_safetensors, save_safetensors
+from .interrupt import TrainingInterrupted, stop_on_sigint
 from .nn import Module
 from .optim import AdamW, clip_grad_norm_, flatten_state_dict, get_schedule, unflatten_state_dict
 
@@ -55,8 +52,6 @@ __all__ = [
     "evaluate",
     "to_device_batch",
 ]
-
-Batch = dict[str, Any]
 
 
 @dataclass
@@ -141,107 +136,10 @@ class TrainResult:
     tokens: int = 0
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training at a step boundary; ``checkpoint`` is where it was saved (None
-    without ``output_dir``). A ``KeyboardInterrupt``, so code that does not know it still stops.
-    """
-
-    def __init__(self, step: int, max_steps: int, checkpoint: str | None) -> None:
-        where = f"; checkpoint saved to {checkpoint}" if checkpoint else "; nothing was saved"
-        super().__init__(f"training interrupted after step {step}/{max_steps}{where}")
-        self.step, self.max_steps, self.checkpoint = step, max_steps, checkpoint
-
-
 # Settings a resumed run must share with the run that wrote the checkpoint: any other value
 # would not continue that run but start a different one from its middle.
 _RESUME_FIELDS = ("max_steps", "lr", "weight_decay", "betas", "eps", "warmup_steps", "schedule",
                   "grad_clip", "grad_accum_steps", "seed")  # fmt: skip
-
-
-@contextlib.contextmanager
-def _stop_on_sigint() -> Iterator[list[bool]]:
-    """While active, the first SIGINT sets ``flag[0]`` (stop after this step) instead of raising;
-    the second raises KeyboardInterrupt. Outside the main thread signals cannot be caught: the
-    flag then never sets and Ctrl-C behaves as usual."""
-    flag = [False]
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if flag[0]:
-            raise KeyboardInterrupt
-        flag[0] = True
-        print("\nCtrl-C: stopping after this step (press again to abort at once)",
-              file=sys.stderr, flush=True)  # fmt: skip
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def to_device_batch(batch: Batch, device: str) -> Batch:
-    """NumPy arrays → Tensors on ``device`` (integer ids stay int64)."""
-    return {
-        k: tensor(v, device=device) if isinstance(v, np.ndarray) else v for k, v in batch.items()
-    }
-
-
-def _count_tokens(batch: Batch) -> int:
-    """Real (non-padding) tokens in a batch of NumPy arrays."""
-    if "attention_mask" in batch:
-        return int(np.asarray(batch["attention_mask"]).sum())
-    ids = batch.get("input_ids")
-    return int(np.prod(ids.shape)) if ids is not None else 0
-
-
-def _loss_terms(batch: Batch) -> int:
-    """How many terms ``out.loss`` averages: examples (1-D labels) or next-token targets."""
-    labels = batch.get("labels")
-    if labels is None:
-        return _count_tokens(batch)
-    labels = np.asarray(labels)
-    if labels.ndim == 1:  # sequence classification: one label per row
-        return len(labels)
-    return int((labels[:, 1:] != -100).sum())  # the LM loss shifts: position t predicts t + 1
-
-
-def evaluate(model: Module, batches: Iterable[Batch], device: str = "cpu",
-             max_batches: int | None = None) -> dict[str, float]:  # fmt: skip
-    """Mean loss over every term of every batch and, for classifiers, accuracy; under no_grad.
-
-    Each batch's mean loss is weighted by its number of terms (next-token targets for a
-    language model, examples for a classifier), so the result does not depend on how the data
-    was cut into batches.
-    """
-    was_training = model.training
-    model.eval()
-    total, weight, correct, seen = 0.0, 0, 0, 0
-    with no_grad():
-        for i, batch in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
-            n = _loss_terms(batch)
-            if n == 0:  # every label is ignored: this batch has no loss to average
-                continue
-            out = model(**to_device_batch(batch, device))
-            total += float(out.loss.item()) * n
-            weight += n
-            labels = batch.get("labels")
-            if labels is not None and np.asarray(labels).ndim == 1:  # sequence classification
-                pred = to_numpy(out.logits.data).argmax(-1)
-                correct += int((pred == np.asarray(labels)).sum())
-                seen += len(labels)
-    model.train(was_training)
-    if weight == 0:
-        raise ValueError("evaluate: the evaluation data yielded no batch with a loss term")
-    metrics = {"loss": total / weight}
-    metrics["perplexity"] = float(math.exp(min(metrics["loss"], 50.0)))
-    if seen:
-        metrics["accuracy"] = correct / seen
-    return metrics
 
 
 class Trainer:
@@ -327,7 +225,7 @@ class Trainer:
         stream = self._batches()
         bar = _progress(cfg.max_steps, self.step, cfg.progress)
         try:
-            with _stop_on_sigint() as stop:
+            with stop_on_sigint() as stop:
                 metrics = self._loop(stream, bar, out_dir, stop)
         finally:
             if bar is not None:
@@ -361,7 +259,7 @@ class Trainer:
                     raise FloatingPointError(f"loss became {loss.item()} at step {self.step + 1}")
                 (loss / cfg.grad_accum_steps).backward()
                 loss_sum += loss.item() / cfg.grad_accum_steps
-                n = _count_tokens(batch)
+                n = count_tokens(batch)
                 self.tokens += n
                 run_tokens += n
             grad_norm = clip_grad_norm_(self.params, cfg.grad_clip) if cfg.grad_clip else None

@@ -15,6 +15,7 @@ settings), ``metrics.jsonl``, ``checkpoint/`` while the run is unfinished, then 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import classification_batches, iterate_batches, lm_blocks, tokenize_documents
-from ..fileio import atomic_folder, atomic_write_text
+from ..fileio import atomic_folder, atomic_write_text, check_output_path
 from ..models import AutoModelForCausalLM, AutoModelForSequenceClassification, load_config
 from ..nn import Module
 from ..peft import LoraConfig, PeftModel, TaskType, get_peft_model
@@ -258,8 +259,6 @@ def finetune(
     data = task_data(the_task, tokenizer, block_size, settings["batch_size"])
     model = load_base(model_path, the_task, tokenizer, device, settings["seed"])
     before = evaluate(model, data.test(settings["seed"], 0), device)
-    fingerprint = base_fingerprint(model, ["score", "classifier"])
-    _check_same_base(out_dir, fingerprint, resume)
     if method == "lora":
         config = LoraConfig(
             r=settings["r"], lora_alpha=settings["alpha"], lora_dropout=settings["dropout"],
@@ -267,10 +266,13 @@ def finetune(
             task_type=TaskType.SEQ_CLS if the_task.kind == "seq_cls" else TaskType.CAUSAL_LM,
         )  # fmt: skip
         trained: Module = get_peft_model(model, config)
+        fingerprint = trained.base_fingerprint  # taken before injection, as saved adapters do
         trainable, total = trained.get_nb_trainable_parameters()
     else:
         trained = model
+        fingerprint = base_fingerprint(model, ["score", "classifier"])
         total = trainable = sum(p.numel() for p in model.parameters())
+    _check_same_base(out_dir, fingerprint, resume)
     log(f"trainable params: {trainable:,d} || all params: {total:,d} || "
         f"trainable%: {100 * trainable / total:.4f}")  # fmt: skip
     result = Trainer(trained, cfg, data.train, data.test).train(resume=resume)
@@ -289,8 +291,6 @@ def finetune(
 
 def _check_same_base(out_dir: Path, fingerprint: str, resume: bool) -> None:
     """Record the base in run.json; a resumed run must continue on the very same base."""
-    import json  # noqa: PLC0415
-
     run_file = out_dir / RUN_FILE
     record = json.loads(run_file.read_text(encoding="utf-8"))
     recorded = record.get("base_fingerprint")
@@ -353,8 +353,6 @@ def merge(model_path: str | os.PathLike[str], adapter: str | os.PathLike[str],
     ``out`` may not be, hold or lie inside the base or the adapter; an existing ``out`` is
     replaced only with ``overwrite``. The folder appears whole or not at all.
     """
-    from ..fileio import check_output_path  # noqa: PLC0415
-
     check_output_path(out, {"the base model": model_path, "the adapter": adapter})
     if Path(out).exists() and any(Path(out).iterdir()) and not overwrite:
         raise ValueError(f"--out {os.fspath(out)!r} already exists and is not empty; pass "

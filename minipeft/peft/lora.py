@@ -28,14 +28,19 @@ from ..nn import init as nn_init
 __all__ = ["LoraLayer", "is_linear"]
 
 
-def is_linear(module: Any) -> bool:
-    """The linear contract: anything with in/out features, a weight and forward is a linear."""
+def has_sizes_and_weight(module: Any, *sizes: str) -> bool:
+    """A Module with these integer size attributes and a ``weight``: the duck type a tuner
+    wraps (linear: in/out features; embedding: num_embeddings, embedding_dim)."""
     return (
         isinstance(module, Module)
-        and isinstance(getattr(module, "in_features", None), int)
-        and isinstance(getattr(module, "out_features", None), int)
+        and all(isinstance(getattr(module, s, None), int) for s in sizes)
         and getattr(module, "weight", None) is not None
     )
+
+
+def is_linear(module: Any) -> bool:
+    """The linear contract: anything with in/out features, a weight and forward is a linear."""
+    return has_sizes_and_weight(module, "in_features", "out_features")
 
 
 class LoraLayer(Module):

@@ -25,19 +25,14 @@ from ..nn import Module, Parameter, ParameterDict
 from ..nn import init as nn_init
 from ..nn.layers import _PaddedEmbeddingFn
 from ..tensor import Tensor
-from .lora import LoraLayer
+from .lora import LoraLayer, has_sizes_and_weight
 
 __all__ = ["LoraEmbedding", "is_embedding"]
 
 
 def is_embedding(module: Any) -> bool:
     """An embedding table: ``num_embeddings``, ``embedding_dim`` and a (V, C) ``weight``."""
-    return (
-        isinstance(module, Module)
-        and isinstance(getattr(module, "num_embeddings", None), int)
-        and isinstance(getattr(module, "embedding_dim", None), int)
-        and getattr(module, "weight", None) is not None
-    )
+    return has_sizes_and_weight(module, "num_embeddings", "embedding_dim")
 
 
 class LoraEmbedding(LoraLayer):
