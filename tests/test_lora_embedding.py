@@ -28,7 +28,7 @@ from minipeft.models import (
 )
 from minipeft.nn import Embedding, Linear, ParameterDict
 from minipeft.peft import LoraConfig, LoraLayer, PeftModel, get_peft_model
-from minipeft.peft.lora_embedding import LoraEmbedding
+from minipeft.peft.tuners.lora.embedding import LoraEmbedding
 
 SIZES = {"n_layer": 1, "n_head": 2, "n_embd": 16, "vocab_size": 32, "n_positions": 8,
          "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}  # fmt: skip

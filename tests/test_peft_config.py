@@ -32,7 +32,8 @@ from minipeft.peft.config import (
     get_pattern_key,
     supported_peft_types,
 )
-from minipeft.peft.lora_config import LoraConfig
+from minipeft.peft.tuners.lora.config import LoraConfig
+from minipeft.peft.tuners.lora.model import lora_shape_hints
 from minipeft.peft.matching import find_targets, is_target, layer_index, unmatched_pattern_keys
 
 GPT2_NAMES = [
@@ -254,10 +255,10 @@ def test_unimplemented_features_are_refused(kwargs):
 
 
 def test_default_targets():
-    assert default_target_modules("gpt2") == ["c_attn"]
-    assert default_target_modules("llama") == ["q_proj", "v_proj"]
+    assert default_target_modules("LORA", "gpt2") == ["c_attn"]
+    assert default_target_modules("LORA", "llama") == ["q_proj", "v_proj"]
     with pytest.raises(ValueError, match="target_modules"):
-        default_target_modules("bert")
+        default_target_modules("LORA", "bert")
     with pytest.raises(ValueError, match="target_modules"):
         is_target("x.q_proj", LoraConfig(), model_type="mamba")
 
@@ -664,7 +665,7 @@ def test_check_adapter_keys(tmp_path):
     }
     check_adapter_keys(expected, {k: np.zeros(s) for k, s in expected.items()}, tmp_path)
     with pytest.raises(ValueError) as info:
-        check_adapter_keys(expected, found, tmp_path)
+        check_adapter_keys(expected, found, tmp_path, hints=lora_shape_hints)
     message = str(info.value)
     assert str(tmp_path) in message
     assert re.search(r"missing keys.*\n\s+b\.lora_A\.weight", message)
@@ -681,7 +682,10 @@ def test_check_adapter_keys_hints_match_the_axis_that_differs():
 
     def message(found_shapes):
         with pytest.raises(ValueError) as info:
-            check_adapter_keys(expected, {k: np.zeros(s) for k, s in found_shapes.items()}, "ad")
+            check_adapter_keys(
+                expected, {k: np.zeros(s) for k, s in found_shapes.items()}, "ad",
+                hints=lora_shape_hints,
+            )
         return str(info.value)
 
     wider = message({"m.lora_A.weight": (8, 16), "m.lora_B.weight": (32, 8)})
@@ -695,7 +699,8 @@ def test_check_adapter_keys_hints_match_the_axis_that_differs():
     assert "r=8 vs r=4" in both and "another hidden size" in both
     in_memory = {"m.lora_A.default.weight": (8, 32)}  # keys with the adapter name work too
     with pytest.raises(ValueError, match="another hidden size"):
-        check_adapter_keys(in_memory, {"m.lora_A.default.weight": np.zeros((8, 16))}, "ad")
+        check_adapter_keys(in_memory, {"m.lora_A.default.weight": np.zeros((8, 16))}, "ad",
+                           hints=lora_shape_hints)  # fmt: skip
 
 
 def test_adapter_files_interoperate_with_peft(tmp_path):

@@ -190,7 +190,7 @@ def _lora_targets(model: Module, settings: dict[str, Any]) -> list[str] | str | 
     if targets is None and settings["embeddings"]:
         model_type = model.config.model_type
         embed = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
-        return [*default_target_modules(model_type), embed.rsplit(".", 1)[-1]]
+        return [*default_target_modules("LORA", model_type), embed.rsplit(".", 1)[-1]]
     return targets
 
 

@@ -82,7 +82,8 @@ class GPT2MLP(nn.Module):
 
 
 class GPT2Block(nn.Module):
-    """Pre-LN block: x + attn(ln_1(x)), then + mlp(ln_2(·))."""
+    """Pre-LN block: x + attn(ln_1(x)), then + mlp(ln_2(·)); the two adds are the
+    ``attn_residual`` / ``mlp_residual`` modules (no parameters; see :class:`nn.Residual`)."""
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
@@ -91,11 +92,13 @@ class GPT2Block(nn.Module):
         self.attn = GPT2Attention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=eps)
         self.mlp = GPT2MLP(config)
+        self.attn_residual = nn.Residual()
+        self.mlp_residual = nn.Residual()
 
     def forward(self, x: Tensor, mask: Tensor | None, past: Any) -> tuple[Tensor, Any]:
         a, present = self.attn(self.ln_1(x), mask, past)
-        x = x + a
-        return x + self.mlp(self.ln_2(x)), present
+        x = self.attn_residual(a, x)  # x + a
+        return self.mlp_residual(self.mlp(self.ln_2(x)), x), present
 
 
 class GPT2PreTrainedModel(PreTrainedModel):

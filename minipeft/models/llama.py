@@ -92,7 +92,8 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    """Pre-norm block: x + self_attn(input_layernorm(x)), then + mlp(post_attention_layernorm)."""
+    """Pre-norm block: x + self_attn(input_layernorm(x)), then + mlp(post_attention_layernorm);
+    the two adds are the ``attn_residual`` / ``mlp_residual`` modules (see :class:`nn.Residual`)."""
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
@@ -100,11 +101,13 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config)
         self.input_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.attn_residual = nn.Residual()
+        self.mlp_residual = nn.Residual()
 
     def forward(self, x: Tensor, cos_sin: Any, mask: Tensor | None, past: Any) -> tuple:
         a, present = self.self_attn(self.input_layernorm(x), cos_sin, mask, past)
-        x = x + a
-        return x + self.mlp(self.post_attention_layernorm(x)), present
+        x = self.attn_residual(a, x)  # x + a
+        return self.mlp_residual(self.mlp(self.post_attention_layernorm(x)), x), present
 
 
 class LlamaPreTrainedModel(PreTrainedModel):

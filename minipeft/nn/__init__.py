@@ -24,6 +24,7 @@ from .layers import (
     LayerNorm,
     Linear,
     ReLU,
+    Residual,
     RMSNorm,
     SiLU,
     Tanh,
@@ -32,6 +33,6 @@ from .module import IncompatibleKeys, Module, Parameter
 
 __all__ = [
     "Module", "Parameter", "IncompatibleKeys", "Linear", "Embedding", "LayerNorm", "RMSNorm",
-    "Dropout", "Identity", "ReLU", "GELU", "SiLU", "Tanh", "Sequential", "ModuleList",
+    "Dropout", "Identity", "Residual", "ReLU", "GELU", "SiLU", "Tanh", "Sequential", "ModuleList",
     "ModuleDict", "ParameterDict", "init",
 ]  # fmt: skip

@@ -26,8 +26,8 @@ from . import init
 from .module import Module, Parameter
 
 __all__ = [
-    "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout", "Identity", "ReLU", "GELU",
-    "SiLU", "Tanh",
+    "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout", "Identity", "Residual", "ReLU",
+    "GELU", "SiLU", "Tanh",
 ]  # fmt: skip
 
 
@@ -242,6 +242,19 @@ class Dropout(Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class Residual(Module):
+    """The residual add of a pre-norm block: ``forward(h, x) = x + h``, with x (B, T, C) the
+    stream entering a sub-block and h (B, T, C) the sub-block's output.
+
+    It has no parameters; it is a module so that a tuner can *wrap* the place where a sub-block
+    joins the residual stream (bottleneck adapters insert themselves here, as AdapterHub does in
+    its ``attention_adapters`` / ``output_adapters`` layers) without editing the block.
+    """
+
+    def forward(self, h: Any, x: Any) -> Any:
+        return x + h
 
 
 class Identity(Module):

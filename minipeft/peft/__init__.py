@@ -1,4 +1,5 @@
-"""Parameter-efficient fine-tuning with Hugging Face PEFT's API and file format.
+"""Parameter-efficient fine-tuning with Hugging Face PEFT's API and files (AdapterHub's for
+bottleneck adapters), every method on one tuner seam (:mod:`minipeft.peft.tuners`).
 
 from minipeft.peft import LoraConfig, get_peft_model, PeftModel, TaskType
 """
@@ -6,22 +7,44 @@ from minipeft.peft import LoraConfig, get_peft_model, PeftModel, TaskType
 from __future__ import annotations
 
 from .config import PeftConfig, PeftType, TaskType
-from .lora import LoraLayer
-from .lora_config import LoraConfig
-from .lora_embedding import LoraEmbedding
 from .modules_to_save import ModulesToSaveWrapper
 from .peft_model import PeftModel, get_peft_model
-from .tuner import LoraModel
+from .registry import PeftMethod, method_for, preset, preset_names, register_peft_method
+from .tuners.base import BaseTuner, BaseTunerLayer
+from .tuners.bottleneck import (
+    AdapterConfig,
+    BottleneckLayer,
+    BottleneckModel,
+    DoubleSeqBnConfig,
+    ParBnConfig,
+    SeqBnConfig,
+    Stack,
+)
+from .tuners.lora import LoraConfig, LoraEmbedding, LoraLayer, LoraModel
 
 __all__ = [
+    "AdapterConfig",
+    "BaseTuner",
+    "BaseTunerLayer",
+    "BottleneckLayer",
+    "BottleneckModel",
+    "DoubleSeqBnConfig",
     "LoraConfig",
     "LoraEmbedding",
     "LoraLayer",
     "LoraModel",
     "ModulesToSaveWrapper",
+    "ParBnConfig",
     "PeftConfig",
+    "PeftMethod",
     "PeftModel",
     "PeftType",
+    "SeqBnConfig",
+    "Stack",
     "TaskType",
     "get_peft_model",
+    "method_for",
+    "preset",
+    "preset_names",
+    "register_peft_method",
 ]

@@ -12,15 +12,18 @@ adapter can be loaded under any name (PEFT's ``get_peft_model_state_dict`` /
 
 Adapter "default" is saved in ``folder/``, any other adapter in ``folder/<adapter_name>/``.
 Weights are only ever read from safetensors; pickled ``adapter_model.bin`` files are refused.
-Pure Python + host NumPy: no engine import.
+A method with another folder layout (AdapterHub's, for bottleneck adapters) registers an
+:class:`AdapterFiles` of its own; :func:`load_adapter_files` tells them apart by the config's
+content. Pure Python + host NumPy: no engine import.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -32,9 +35,12 @@ from minipeft.peft.matching import is_module_to_save
 
 __all__ = [
     "PICKLE_WEIGHTS_NAME",
+    "AdapterFiles",
     "adapter_metadata",
     "WEIGHTS_NAME",
     "adapter_dir",
+    "file_format",
+    "register_file_format",
     "check_adapter_keys",
     "from_peft_keys",
     "load_adapter_files",
@@ -46,7 +52,6 @@ __all__ = [
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_WEIGHTS_NAME = "adapter_model.bin"
 PEFT_PREFIX = "base_model.model."  # a PeftModel's keys start here
-ADAPTER_PREFIXES = ("lora_",)  # LoRA's parameter containers: lora_A, lora_B, lora_embedding_A, ...
 
 V = TypeVar("V")
 
@@ -68,9 +73,19 @@ def remove_adapter_name(key: str, adapter_name: str) -> str:
     return f"{head}.{last}"
 
 
+def _prefixes(prefixes: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The given parameter markers, or every registered method's (``lora_``, ``ia3_``, ...)."""
+    if prefixes is not None:
+        return prefixes
+    from minipeft.peft.registry import parameter_prefixes  # noqa: PLC0415 (a cycle otherwise)
+
+    return parameter_prefixes()
+
+
 def _adapter_part(parts: list[str], prefixes: tuple[str, ...]) -> int | None:
-    """Index of the ``lora_*`` part of a key split on dots; the adapter name follows it and is
-    either last (a bare parameter) or followed by the parameter name (``.weight``)."""
+    """Index of the adapter-container part (``lora_A``, ``ia3_l``) of a key split on dots; the
+    adapter name follows it and is either last (a bare parameter) or followed by the parameter
+    name (``.weight``)."""
     for i in (len(parts) - 2, len(parts) - 3):
         if i >= 0 and parts[i].startswith(prefixes):
             return i
@@ -89,7 +104,7 @@ def to_peft_keys(
     state_dict: Mapping[str, V],
     adapter_name: str = "default",
     bias: str = "none",
-    prefixes: tuple[str, ...] = ADAPTER_PREFIXES,
+    prefixes: tuple[str, ...] | None = None,
 ) -> dict[str, V]:
     """Select adapter ``adapter_name``'s entries of a PeftModel state dict and name them as on disk.
 
@@ -100,6 +115,7 @@ def to_peft_keys(
     """
     if bias not in ("none", "all", "lora_only"):
         raise ValueError(f"bias: expected 'none', 'all' or 'lora_only', found {bias!r}")
+    prefixes = _prefixes(prefixes)
     out: dict[str, V] = {}
     seen_adapters: set[str] = set()
     wrapped: set[str] = set()  # modules with a lora_* child, i.e. LoRA layers
@@ -147,7 +163,7 @@ def from_peft_keys(
     tensors: Mapping[str, V],
     adapter_name: str = "default",
     modules_to_save: list[str] | None = None,
-    prefixes: tuple[str, ...] = ADAPTER_PREFIXES,
+    prefixes: tuple[str, ...] | None = None,
 ) -> dict[str, V]:
     """On-disk keys -> in-memory keys of adapter ``adapter_name`` (inverse of :func:`to_peft_keys`).
 
@@ -158,6 +174,7 @@ def from_peft_keys(
     module to save, ``<m>.original_module.bias`` and ``<m>.modules_to_save.bias``; read back here
     they are skipped.)
     """
+    prefixes = _prefixes(prefixes)
     out: dict[str, V] = {}
     for key, value in tensors.items():
         if _redundant_peft_key(key):
@@ -198,16 +215,88 @@ def adapter_dir(folder: str | os.PathLike, adapter_name: str = "default") -> str
     return folder if adapter_name == "default" else os.path.join(folder, adapter_name)
 
 
+# ---------------------------------------------------------------------- file formats
+class AdapterFiles:
+    """One adapter folder layout. Both PEFT and AdapterHub name the config ``adapter_config.json``
+    and tell themselves apart by its content; a format says whether a parsed config is its own
+    (:meth:`claims`), and reads and writes the config and the weights. This class is PEFT's
+    layout (``adapter_model.safetensors``, pickled ``adapter_model.bin`` refused)."""
+
+    name = "peft"
+    weights_name = WEIGHTS_NAME
+    pickle_name = PICKLE_WEIGHTS_NAME
+    how_to_convert = (
+        "Convert it with PEFT (save_pretrained(..., safe_serialization=True)) in a trusted "
+        "environment."
+    )
+
+    def claims(self, data: dict[str, Any]) -> bool:
+        return "peft_type" in data
+
+    def read_config(self, data: dict[str, Any], path: str) -> PeftConfig:
+        return PeftConfig.from_dict(data)
+
+    def write_config(self, folder: str, config: PeftConfig, adapter_name: str) -> None:
+        saved = copy.copy(config)  # keeps unknown keys; the caller's config stays as it was
+        saved.inference_mode = True  # like PEFT
+        saved.save_pretrained(folder)
+
+
+_FORMATS: dict[str, AdapterFiles] = {"peft": AdapterFiles()}
+
+
+def register_file_format(fmt: AdapterFiles) -> AdapterFiles:
+    """Make ``load_adapter_files`` recognise another layout (AdapterHub's, for bottlenecks)."""
+    _FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def file_format(name: str) -> AdapterFiles:
+    if name not in _FORMATS:
+        from minipeft.peft.registry import registered_methods  # noqa: PLC0415 (registers them)
+
+        registered_methods()
+    if name not in _FORMATS:
+        raise ValueError(f"unknown adapter file format {name!r}; known: {sorted(_FORMATS)}")
+    return _FORMATS[name]
+
+
+def _detect(path: str) -> tuple[AdapterFiles, dict[str, Any]]:
+    """The format of the ``adapter_config.json`` in ``path``, and its parsed content."""
+    config_path = os.path.join(path, CONFIG_NAME)
+    with open(config_path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{config_path}: expected valid JSON, found a parse error ({exc})"
+            ) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{config_path}: expected a JSON object, found {type(data).__name__}")
+    from minipeft.peft.registry import registered_methods  # noqa: PLC0415 (registers formats)
+
+    registered_methods()
+    for fmt in _FORMATS.values():
+        if fmt.claims(data):
+            return fmt, data
+    raise ValueError(
+        f"{config_path}: expected a PEFT adapter config (a 'peft_type' key) or an AdapterHub one "
+        f"(a 'config' object and a 'version' key), found keys {sorted(data)}"
+    )
+
+
 def save_adapter(
     folder: str | os.PathLike,
     config: PeftConfig,
     tensors: Mapping[str, Any],
     adapter_name: str = "default",
     metadata: Mapping[str, str] | None = None,
+    fmt: str = "peft",
 ) -> str:
-    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (metadata {"format": "pt"}
-    plus ``metadata``) for on-disk-keyed ``tensors``; return the folder written. Like PEFT, the
-    saved config has ``inference_mode=True`` (the caller's config is not changed)."""
+    """Write the config and the weights (safetensors, metadata {"format": "pt"} plus
+    ``metadata``) for on-disk-keyed ``tensors`` in layout ``fmt``; return the folder written.
+    Like PEFT, a saved PEFT config has ``inference_mode=True`` (the caller's is not changed)."""
+    layout = file_format(fmt)
     out_dir = adapter_dir(folder, adapter_name)
     if os.path.isfile(out_dir):
         raise ValueError(f"save_adapter: expected a folder, found the file {out_dir!r}")
@@ -223,24 +312,16 @@ def save_adapter(
         raise ValueError("save_adapter: expected at least one tensor, found an empty dict")
     os.makedirs(out_dir, exist_ok=True)
     atomic_write_bytes(
-        os.path.join(out_dir, WEIGHTS_NAME),
+        os.path.join(out_dir, layout.weights_name),
         save(arrays, metadata={"format": "pt", **(metadata or {})}),
     )
-    saved = copy.copy(config)  # keeps unknown keys; the caller's config stays as it was
-    saved.inference_mode = True
-    saved.save_pretrained(out_dir)
+    layout.write_config(out_dir, config, adapter_name)
     return out_dir
 
 
-def load_adapter_files(
-    folder: str | os.PathLike, adapter_name: str = "default"
-) -> tuple[PeftConfig, dict[str, np.ndarray]]:
-    """Read an adapter folder: ``(config, on-disk-keyed arrays)``.
-
-    Looks in ``folder/<adapter_name>`` (where :func:`save_adapter` puts a non-default adapter) and
-    otherwise in ``folder`` itself (PEFT: the name you load under is just a label). The two
-    redundant keys PEFT's ``bias="all"`` writes for a module to save are dropped.
-    """
+def _adapter_path(folder: str | os.PathLike, adapter_name: str) -> str:
+    """``folder/<adapter_name>`` when it holds an adapter, else ``folder`` (PEFT: the name you
+    load under is just a label)."""
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"adapter folder not found: expected a folder at {folder!r}")
@@ -252,17 +333,31 @@ def load_adapter_files(
         raise FileNotFoundError(
             f"{path}: expected {CONFIG_NAME} (an adapter folder), found files {present}"
         )
-    config = PeftConfig.from_pretrained(path)
-    weights = os.path.join(path, WEIGHTS_NAME)
+    return path
+
+
+def load_adapter_files(
+    folder: str | os.PathLike, adapter_name: str = "default"
+) -> tuple[PeftConfig, dict[str, np.ndarray]]:
+    """Read an adapter folder, PEFT's or AdapterHub's: ``(config, on-disk-keyed arrays)``.
+
+    Looks in ``folder/<adapter_name>`` (where :func:`save_adapter` puts a non-default adapter) and
+    otherwise in ``folder`` itself. The two redundant keys PEFT's ``bias="all"`` writes for a
+    module to save are dropped. Pickled weights are refused with what to do instead.
+    """
+    path = _adapter_path(folder, adapter_name)
+    layout, data = _detect(path)
+    config = layout.read_config(data, path)
+    present = sorted(os.listdir(path))
+    weights = os.path.join(path, layout.weights_name)
     if not os.path.isfile(weights):
-        if PICKLE_WEIGHTS_NAME in present:
+        if layout.pickle_name in present:
             raise ValueError(
-                f"{path}: found only {PICKLE_WEIGHTS_NAME}, a pickle file, which minipeft never "
-                f"loads (unpickling can run arbitrary code); expected {WEIGHTS_NAME}. Convert it "
-                "with PEFT (save_pretrained(..., safe_serialization=True)) in a trusted "
-                "environment."
+                f"{path}: found only {layout.pickle_name}, a pickle file, which minipeft never "
+                f"loads (unpickling can run arbitrary code); expected {layout.weights_name}. "
+                f"{layout.how_to_convert}"
             )
-        raise FileNotFoundError(f"{path}: expected {WEIGHTS_NAME}, found files {present}")
+        raise FileNotFoundError(f"{path}: expected {layout.weights_name}, found files {present}")
     tensors = load_safetensors(weights)
     # PEFT's bias="all" also writes `<m>.original_module.bias` and `<m>.modules_to_save.bias` for a
     # module to save; both are redundant (see from_peft_keys), so drop them here.
@@ -275,22 +370,26 @@ def load_adapter_files(
 def adapter_metadata(folder: str | os.PathLike, adapter_name: str = "default") -> dict[str, str]:
     """The safetensors ``__metadata__`` of the adapter :func:`load_adapter_files` would read
     (empty when the folder has no weights file)."""
-    path = adapter_dir(folder, adapter_name)
-    if not os.path.isfile(os.path.join(path, CONFIG_NAME)):
-        path = os.fspath(folder)
-    weights = os.path.join(path, WEIGHTS_NAME)
+    path = _adapter_path(folder, adapter_name)
+    layout, _ = _detect(path)
+    weights = os.path.join(path, layout.weights_name)
     return safetensors_metadata(weights) if os.path.isfile(weights) else {}
+
+
+ShapeHints = Callable[[list[tuple[str, tuple[int, ...], tuple[int, ...]]]], list[str]]
 
 
 def check_adapter_keys(
     expected: Mapping[str, tuple[int, ...]],
     found: Mapping[str, Any],
     folder: str | os.PathLike,
+    hints: ShapeHints | None = None,
 ) -> None:
     """Raise one ValueError listing missing keys, unexpected keys and shape mismatches.
 
     ``expected`` maps each key the model needs to its shape; ``found`` holds the loaded arrays. A
-    mismatch usually means an adapter for another architecture or another rank.
+    mismatch usually means an adapter for another architecture or another size; ``hints`` (the
+    method's) explains shape mismatches in its own terms.
     """
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
@@ -317,41 +416,7 @@ def check_adapter_keys(
     if shapes:
         rows = [f"{k}: expected {e}, found {f}" for k, e, f in shapes]
         parts.append(listing("shape mismatches", rows))
-        parts.extend(_shape_hints(shapes))
+        parts.extend(hints(shapes) if hints else [])
     if missing and not (set(expected) & set(found)):
         parts.append("hint: no key matches at all: the adapter was probably made for another model")
     raise ValueError("\n".join(parts))
-
-
-def _shape_hints(shapes: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> list[str]:
-    """Explain 2-D LoRA shape mismatches: A is (r, d_in) and B (d_out, r), so a differing r is
-    another rank and a differing d_in / d_out another model (expected vs found)."""
-    ranks: set[tuple[int, int]] = set()
-    widths: set[tuple[int, int]] = set()
-    for key, e, f in shapes:
-        if len(e) != 2 or len(f) != 2:
-            continue
-        name = next((part for part in reversed(key.split(".")) if part.startswith("lora_")), "")
-        if name in ("lora_A", "lora_embedding_A"):
-            r_axis = 0
-        elif name in ("lora_B", "lora_embedding_B"):
-            r_axis = 1
-        else:
-            continue
-        if e[r_axis] != f[r_axis]:
-            ranks.add((e[r_axis], f[r_axis]))
-        if e[1 - r_axis] != f[1 - r_axis]:
-            widths.add((e[1 - r_axis], f[1 - r_axis]))
-    hints = []
-    if ranks:
-        pairs = ", ".join(f"r={e} vs r={f}" for e, f in sorted(ranks))
-        hints.append(
-            f"hint: lora_A rows / lora_B columns differ ({pairs}): the adapter has another rank"
-        )
-    if widths:
-        pairs = ", ".join(f"{e} vs {f}" for e, f in sorted(widths))
-        hints.append(
-            f"hint: lora_A columns (d_in) / lora_B rows (d_out) differ ({pairs}): the adapter "
-            "was made for a model with another hidden size"
-        )
-    return hints

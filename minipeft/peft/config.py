@@ -5,9 +5,9 @@ names, defaults and JSON layout mirror Hugging Face PEFT 0.21.2, so a folder wri
 ``peft.LoraConfig.from_pretrained`` and a folder written by PEFT loads here.
 
 This module holds what every method shares: the ``PeftType`` / ``TaskType`` enums, ``PeftConfig``
-(validation, JSON round trip, unknown keys kept), the registry that maps a file's ``peft_type`` to
-its config class, and PEFT's ``rank_pattern`` / target-module helpers. Each method's config lives
-in its own module and registers itself (LoRA: :mod:`minipeft.peft.lora_config`).
+(validation, JSON round trip, unknown keys kept) and PEFT's ``rank_pattern`` / target-module
+helpers. Each method's config lives in ``tuners/<method>/config.py`` and registers itself in
+:mod:`minipeft.peft.registry`, which maps a file's ``peft_type`` to its config class.
 
 This module is pure Python: it never imports the engine, so configs can be read without a model.
 """
@@ -15,8 +15,8 @@ This module is pure Python: it never imports the engine, so configs can be read 
 from __future__ import annotations
 
 import enum
-import importlib
 import json
+import math
 import os
 import re
 import warnings
@@ -27,7 +27,6 @@ from minipeft.fileio import atomic_write_text
 
 __all__ = [
     "CONFIG_NAME",
-    "DEFAULT_LORA_TARGETS",
     "PEFT_FORMAT_VERSION",
     "PeftConfig",
     "PeftType",
@@ -35,7 +34,8 @@ __all__ = [
     "config_class_for",
     "default_target_modules",
     "get_pattern_key",
-    "register_config",
+    "is_finite",
+    "is_int",
     "resolve_target_modules",
     "supported_peft_types",
 ]
@@ -93,6 +93,9 @@ class PeftType(str, enum.Enum):
     SHADOW = "SHADOW"
     SUPERTUNING = "SUPERTUNING"
     DEFT = "DEFT"
+    # minipeft's own: AdapterHub's bottleneck adapters, which PEFT does not have. Their files are
+    # AdapterHub's, not PEFT's, so this value never appears in a PEFT adapter_config.json.
+    BOTTLENECK = "BOTTLENECK"
 
 
 class TaskType(str, enum.Enum):
@@ -104,17 +107,6 @@ class TaskType(str, enum.Enum):
     TOKEN_CLS = "TOKEN_CLS"
     QUESTION_ANS = "QUESTION_ANS"
     FEATURE_EXTRACTION = "FEATURE_EXTRACTION"
-
-
-# PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, for the architectures we build.
-DEFAULT_LORA_TARGETS: dict[str, list[str]] = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
-
-_CONFIG_REGISTRY: dict[PeftType, type[PeftConfig]] = {}
-# Modules whose import registers a built-in config class. They subclass PeftConfig from here, so
-# this module cannot import them at the top (a cycle); `_load_builtin_configs` imports them on the
-# first registry lookup, so `PeftConfig.from_pretrained` finds LoraConfig even when only this
-# module was imported. (`minipeft.peft` imports them eagerly as well.)
-_BUILTIN_CONFIG_MODULES = ("minipeft.peft.lora_config",)
 
 
 def _plain(value: Any) -> Any:
@@ -130,6 +122,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def is_int(value: Any) -> bool:
+    """An int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite(value: Any) -> bool:
+    """A finite int or float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _enum_value(enum_cls: type[enum.Enum], value: Any, what: str) -> enum.Enum:
     try:
         return enum_cls(value.value if isinstance(value, enum.Enum) else value)
@@ -138,44 +140,18 @@ def _enum_value(enum_cls: type[enum.Enum], value: Any, what: str) -> enum.Enum:
         raise ValueError(f"{what}: expected one of {names}; found {value!r}") from None
 
 
-def register_config(cls: type[PeftConfig]) -> type[PeftConfig]:
-    """Class decorator: make ``PeftConfig.from_dict`` build ``cls`` for ``cls.PEFT_TYPE``."""
-    if cls.PEFT_TYPE is None:
-        raise ValueError(f"{cls.__name__} must set the class attribute PEFT_TYPE to be registered")
-    known = _CONFIG_REGISTRY.get(cls.PEFT_TYPE)
-    if known is not None and known is not cls:
-        raise ValueError(
-            f"peft_type {cls.PEFT_TYPE.value} is already registered to {known.__name__}; "
-            f"cannot register {cls.__name__}"
-        )
-    _CONFIG_REGISTRY[cls.PEFT_TYPE] = cls
-    return cls
-
-
-def _load_builtin_configs() -> None:
-    """Import the built-in config modules (a deliberate lazy import; see above)."""
-    for module in _BUILTIN_CONFIG_MODULES:
-        importlib.import_module(module)  # cached after the first call; registers on first import
-
-
 def supported_peft_types() -> list[str]:
     """The ``peft_type`` values this library can build a config for."""
-    _load_builtin_configs()
-    return sorted(t.value for t in _CONFIG_REGISTRY)
+    from minipeft.peft.registry import registered_methods  # noqa: PLC0415 (it imports this module)
+
+    return [m.peft_type.value for m in registered_methods()]
 
 
 def config_class_for(peft_type: str | PeftType) -> type[PeftConfig]:
     """Config class registered for ``peft_type``; a clear error names the supported ones."""
-    key = peft_type.value if isinstance(peft_type, PeftType) else peft_type
-    _load_builtin_configs()
-    for t, cls in _CONFIG_REGISTRY.items():
-        if t.value == key:
-            return cls
-    known = "a PEFT method" if key in {t.value for t in PeftType} else "an unknown peft_type"
-    raise ValueError(
-        f"peft_type {key!r} is {known} that minipeft does not support; "
-        f"supported: {', '.join(supported_peft_types())}"
-    )
+    from minipeft.peft.registry import method_for  # noqa: PLC0415 (it imports this module)
+
+    return method_for(peft_type).config_class
 
 
 @dataclass
@@ -220,6 +196,40 @@ class PeftConfig:
             raise ValueError(
                 f"{name}.auto_mapping: expected a dict or None, found {self.auto_mapping!r}"
             )
+
+    # ---------------------------------------------------------------- validation helpers
+    def _bad(self, name: str, expected: str, found: Any, note: str = "") -> ValueError:
+        """The one error shape: ``<Class>.<field>: expected ..., found ...``."""
+        return ValueError(
+            f"{type(self).__name__}.{name}: expected {expected}, found {found!r}{note}"
+        )
+
+    def _regex(self, pattern: str, name: str) -> None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise self._bad(name, "a valid regular expression", pattern, f" ({exc})") from None
+
+    def _names(self, value: Any, name: str) -> list[str] | str | None:
+        """None | regex str | collection of module names -> None | str | sorted unique list."""
+        if isinstance(value, str):
+            self._regex(value, name)
+            return value
+        if value is None:
+            return None
+        if isinstance(value, (list, tuple, set, frozenset)) and all(
+            isinstance(v, str) for v in value
+        ):
+            return sorted(set(value))
+        raise self._bad(name, "None, a regex string or a list of module names", value)
+
+    def _module_list(self, value: Any, name: str) -> list[str] | None:
+        """None or a list of module names (``modules_to_save``)."""
+        if value is None:
+            return None
+        if isinstance(value, str) or not all(isinstance(m, str) for m in value):
+            raise self._bad(name, "None or a list of module names", value)
+        return list(value)
 
     @property
     def is_prompt_learning(self) -> bool:
@@ -331,20 +341,18 @@ def get_pattern_key(pattern_keys: Any, key_to_match: str) -> str:
     return key_to_match
 
 
-def default_target_modules(model_type: str) -> list[str]:
-    """PEFT's default LoRA targets for ``model_type``; unknown types ask for ``target_modules``."""
-    if model_type not in DEFAULT_LORA_TARGETS:
-        raise ValueError(
-            f"no default LoRA target_modules for model_type {model_type!r} (known: "
-            f"{', '.join(sorted(DEFAULT_LORA_TARGETS))}); pass target_modules=[...] explicitly"
-        )
-    return list(DEFAULT_LORA_TARGETS[model_type])
+def default_target_modules(peft_type: str | PeftType, model_type: str | None) -> list[str]:
+    """The registered default ``target_modules`` of a method for ``model_type`` (PEFT's
+    mappings); unknown types ask for ``target_modules``."""
+    from minipeft.peft.registry import method_for  # noqa: PLC0415 (it imports this module)
+
+    return method_for(peft_type).default_target_modules(model_type)
 
 
 def resolve_target_modules(config: Any, model_type: str | None = None) -> list[str] | str:
-    """``config.target_modules``, or the architecture default when it is None."""
+    """``config.target_modules``, or the method's default for the architecture when it is None."""
     if config.target_modules is not None:
         return config.target_modules
     if model_type is None:
         raise ValueError("target_modules is None and no model_type was given; pass target_modules")
-    return default_target_modules(model_type)
+    return default_target_modules(config.peft_type, model_type)

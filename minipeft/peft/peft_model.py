@@ -23,17 +23,8 @@ from ..autograd import no_grad
 from ..backend import to_device, to_numpy
 from ..fileio import atomic_folder
 from ..nn import Module
-from .adapter_io import (
-    adapter_metadata,
-    check_adapter_keys,
-    from_peft_keys,
-    load_adapter_files,
-    save_adapter,
-    to_peft_keys,
-)
+from .adapter_io import adapter_metadata, load_adapter_files, save_adapter
 from .config import PeftConfig, TaskType
-from .lora_config import LoraConfig
-from .lora_embedding import LoraEmbedding
 from .matching import SEQ_CLS_HEAD_NAMES
 from .provenance import (
     FINGERPRINT_KEY,
@@ -42,7 +33,8 @@ from .provenance import (
     labels_metadata,
     warn_base_mismatch,
 )
-from .tuner import LoraModel
+from .registry import PeftMethod, method_for
+from .tuners.base import BaseTuner, restore_modules
 
 __all__ = ["PeftModel", "get_peft_model"]
 
@@ -51,8 +43,11 @@ PREFIX = "base_model.model."
 
 def _prepare_config(config: PeftConfig) -> PeftConfig:
     """A copy of the config; SEQ_CLS adds the classification head to ``modules_to_save``."""
+    if not isinstance(config, PeftConfig):
+        raise TypeError(f"expected a PeftConfig (LoraConfig, IA3Config, AdapterConfig, ...), "
+                        f"found {type(config).__name__}")  # fmt: skip
     config = copy.deepcopy(config)
-    if _task(config) == TaskType.SEQ_CLS.value:
+    if _task(config) == TaskType.SEQ_CLS.value and hasattr(config, "modules_to_save"):
         names = list(config.modules_to_save or [])
         for head in ("classifier", "score"):  # SEQ_CLS_HEAD_NAMES in PEFT's (saved) order
             if head not in names:
@@ -67,31 +62,47 @@ def _task(config: PeftConfig) -> str | None:
 
 
 class PeftModel(Module):
-    """A base model with one or more adapters; ``base_model`` is the :class:`LoraModel`."""
+    """A base model with one or more adapters. ``base_model`` is the tuner of the first
+    adapter's method (a :class:`~minipeft.peft.tuners.base.BaseTuner`: ``LoraModel``,
+    ``IA3Model``, ``BottleneckModel``); an adapter of another method gets a tuner of its own
+    on the same model, so one model can carry, say, a LoRA and a bottleneck adapter trained
+    together (``set_adapter(["lora", "bottleneck"])``)."""
 
     def __init__(self, model: Module, peft_config: PeftConfig, adapter_name: str = "default"):
         super().__init__()
-        if not isinstance(peft_config, LoraConfig):
-            raise TypeError(
-                f"minipeft's PeftModel supports LoraConfig, found {type(peft_config).__name__}"
-            )
         config = _prepare_config(peft_config)
+        method = method_for(config)
         if _task(config) == TaskType.SEQ_CLS.value and not any(
             n.split(".")[-1] in SEQ_CLS_HEAD_NAMES for n, _ in model.named_modules()
         ):
             raise ValueError("task_type SEQ_CLS needs a model with a 'score' or 'classifier' head")
         # Recorded before injection, while the weights are the base's own (see provenance).
-        self.base_fingerprint = base_fingerprint(model, config.modules_to_save)
-        self.base_model = LoraModel(model, config, adapter_name)
+        self.base_fingerprint = base_fingerprint(model, getattr(config, "modules_to_save", None))
+        self.base_model = method.tuner_class()(model, config, adapter_name)
+        # Every tuner on the model, first one included; a plain dict, so that the model's
+        # parameters are registered once, under base_model.
+        self.tuners: dict[str, BaseTuner] = {method.peft_type.value: self.base_model}
 
     # ------------------------------------------------------------------ pass-through
     @property
     def peft_config(self) -> dict[str, PeftConfig]:
-        return self.base_model.peft_config
+        merged: dict[str, PeftConfig] = {}
+        for tuner in self.tuners.values():
+            merged.update(tuner.peft_config)
+        return merged
 
     @property
-    def active_adapter(self) -> str:
-        return self.base_model.active_adapter
+    def active_adapter(self) -> str | list[str]:
+        names = self.active_adapters
+        return names[0] if len(names) == 1 else names
+
+    @property
+    def active_adapters(self) -> list[str]:
+        """The active adapters of every tuner, in the order they were activated."""
+        out: list[str] = []
+        for tuner in self.tuners.values():
+            out.extend(tuner._active_list())
+        return out
 
     @property
     def config(self) -> Any:
@@ -105,6 +116,16 @@ class PeftModel(Module):
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         return self.base_model.model.generate(*args, **kwargs)
+
+    def tuner_of(self, adapter_name: str) -> BaseTuner:
+        """The tuner holding adapter ``adapter_name``."""
+        for tuner in self.tuners.values():
+            if adapter_name in tuner.peft_config:
+                return tuner
+        raise ValueError(f"adapter {adapter_name!r} not found; available: {list(self.peft_config)}")
+
+    def method_of(self, adapter_name: str) -> PeftMethod:
+        return method_for(self.tuner_of(adapter_name).peft_config[adapter_name])
 
     # ------------------------------------------------------------------ parameters
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
@@ -127,53 +148,90 @@ class PeftModel(Module):
 
     # ------------------------------------------------------------------ adapters
     def add_adapter(self, adapter_name: str, peft_config: PeftConfig) -> None:
-        """Add another adapter (inactive until :meth:`set_adapter`)."""
-        self.base_model.inject_adapter(_prepare_config(peft_config), adapter_name)
+        """Add another adapter (inactive until :meth:`set_adapter`); an adapter of another
+        method than the model's others gets a tuner of its own."""
+        if adapter_name in self.peft_config:
+            raise ValueError(f"adapter {adapter_name!r} already exists; pick another name")
+        config = _prepare_config(peft_config)
+        method = method_for(config)
+        key = method.peft_type.value
+        if key in self.tuners:
+            self.tuners[key].inject_adapter(config, adapter_name)
+            return
+        tuner = method.tuner_class()(self.get_base_model(), config, adapter_name)
+        tuner.set_adapter([])  # inactive, like any added adapter
+        self.tuners[key] = tuner
 
-    def set_adapter(self, adapter_name: str) -> None:
-        self.base_model.set_adapter(adapter_name)
+    def set_adapter(self, adapter_name: str | list[str]) -> None:
+        """Activate one adapter, or several at once (a list: each tuner runs the ones it holds,
+        in the given order, e.g. two bottleneck adapters stacked, or LoRA plus a bottleneck)."""
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        if not names:
+            raise ValueError("set_adapter: expected at least one adapter name, found none")
+        for name in names:
+            self.tuner_of(name)  # raises for an unknown name before anything changes
+        for tuner in self.tuners.values():
+            tuner.set_adapter([n for n in names if n in tuner.peft_config])
 
     def delete_adapter(self, adapter_name: str) -> None:
-        self.base_model.delete_adapter(adapter_name)
+        self.tuner_of(adapter_name).delete_adapter(adapter_name)
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
         """Inside the block the model is exactly the base model (merged adapters are unmerged)."""
-        self.base_model.set_adapters_enabled(False)
+        for tuner in self.tuners.values():
+            tuner.set_adapters_enabled(False)
         try:
             yield
         finally:
-            self.base_model.set_adapters_enabled(True)
+            for tuner in self.tuners.values():
+                tuner.set_adapters_enabled(True)
 
     def merge_adapter(self, safe_merge: bool = False) -> None:
-        self.base_model.merge_adapter(safe_merge=safe_merge)
+        self._check_mergeable()
+        for tuner in self.tuners.values():
+            tuner.merge_adapter(safe_merge=safe_merge)
 
     def unmerge_adapter(self) -> None:
-        self.base_model.unmerge_adapter()
+        for tuner in self.tuners.values():
+            tuner.unmerge_adapter()
+
+    def _check_mergeable(self) -> None:
+        for tuner in self.tuners.values():
+            if tuner._active_list():
+                tuner.check_mergeable()
 
     def merge_and_unload(self, safe_merge: bool = False) -> Module:
-        """Merge the active adapter into the base weights and return the plain base model."""
-        return self.base_model._unload(merge=True, safe_merge=safe_merge)
+        """Merge the active adapters into the base weights and return the plain base model."""
+        self._check_mergeable()
+        model = self.get_base_model()
+        for tuner in self.tuners.values():
+            model = tuner.merge_and_unload(safe_merge=safe_merge)
+        return model
 
     def unload(self) -> Module:
         """Remove the adapters without merging; return the original base model."""
-        return self.base_model._unload(merge=False)
+        model = self.get_base_model()
+        for tuner in self.tuners.values():
+            model = tuner.unload()
+        return model
 
     # ------------------------------------------------------------------ files
     def adapter_state_dict(self, adapter_name: str = "default") -> dict[str, Any]:
-        """The adapter's tensors under PEFT's on-disk keys (host NumPy arrays)."""
-        config = self.peft_config[adapter_name]
+        """The adapter's tensors under its method's on-disk keys (host NumPy arrays)."""
+        tuner = self.tuner_of(adapter_name)
         sd = {k: to_numpy(v.data) for k, v in self.state_dict().items()}
-        return to_peft_keys(sd, adapter_name, bias=getattr(config, "bias", "none"))
+        return tuner.to_disk_keys(sd, adapter_name)
 
     def save_pretrained(self, save_directory: str | os.PathLike[str],
                         selected_adapters: list[str] | None = None) -> None:  # fmt: skip
-        """Write each adapter as PEFT does (non-default ones into ``save_directory/<name>/``).
+        """Write each adapter in its method's format (PEFT's, or AdapterHub's for bottleneck
+        adapters); non-default ones go into ``save_directory/<name>/``.
 
         The folder is written as a whole (a failure leaves the previous content); entries this
         save does not write (other adapters, a run's checkpoint and logs) are kept. Besides
-        PEFT's files, the weights' metadata records the base fingerprint and, for a classifier,
-        the class names (:mod:`minipeft.peft.provenance`).
+        the method's files, the weights' metadata records the base fingerprint and, for a
+        classifier, the class names (:mod:`minipeft.peft.provenance`).
         """
         names = selected_adapters or list(self.peft_config)
         for name in names:
@@ -183,10 +241,13 @@ class PeftModel(Module):
         metadata = {FINGERPRINT_KEY: self.base_fingerprint, **labels_metadata(base)}
         with atomic_folder(save_directory, keep=lambda entry: True) as tmp:
             for name in names:
-                config = copy.deepcopy(self.peft_config[name])
+                tuner = self.tuner_of(name)
+                config = copy.deepcopy(tuner.peft_config[name])
                 if not getattr(config, "base_model_name_or_path", None):
                     config.base_model_name_or_path = getattr(base, "name_or_path", None)
-                save_adapter(tmp, config, self.adapter_state_dict(name), name, metadata)
+                config = tuner.config_for_saving(config, name)
+                save_adapter(tmp, config, self.adapter_state_dict(name), name, metadata,
+                             fmt=method_for(config).files)  # fmt: skip
 
     @classmethod
     def from_pretrained(
@@ -215,7 +276,7 @@ class PeftModel(Module):
             peft_model._load_adapter_tensors(tensors, adapter_name, model_id)
         except Exception:
             peft_model.unload()
-            _restore(model, original, flags)
+            restore_modules(model, original, flags)
             raise
         if not is_trainable:
             peft_model.requires_grad_(False)
@@ -230,36 +291,31 @@ class PeftModel(Module):
         model = self.get_base_model()
         original = dict(model.named_modules())
         flags = [(p, p.requires_grad) for p in model.parameters()]
+        tuners = dict(self.tuners)
         self.add_adapter(adapter_name, config)
         try:
             self._load_adapter_tensors(tensors, adapter_name, model_id)
         except Exception:
-            self.base_model.delete_adapter(adapter_name)
-            _restore(model, original, flags)  # unwrap layers only this adapter had wrapped
+            tuner = self.tuner_of(adapter_name)
+            if tuner.peft_config.keys() == {adapter_name}:  # a tuner made for this adapter
+                tuner.unload()
+            else:
+                tuner.delete_adapter(adapter_name)
+            self.tuners = tuners
+            restore_modules(model, original, flags)  # unwrap layers only this adapter wrapped
             raise
         if not is_trainable:
             for name, p in self.named_parameters():
-                if f".{adapter_name}." in name:
+                if f".{adapter_name}." in name or name.endswith(f".{adapter_name}"):
                     p.requires_grad_(False)
 
     def _load_adapter_tensors(self, tensors: dict[str, Any], adapter_name: str,
                               source: Any) -> None:  # fmt: skip
-        config = self.peft_config[adapter_name]
-        own = self.state_dict()
-        expected_disk = to_peft_keys(
-            {k: v.shape for k, v in own.items()}, adapter_name, bias=config.bias
-        )
-        # PEFT also saves the whole table of a targeted embedding named like a vocabulary
-        # layer (save_embedding_layers="auto", for resized vocabularies): load it into the base.
-        tables = {
-            k: tensors[k]
-            for k in tensors
-            if k.endswith(".base_layer.weight")
-            and isinstance(self._module_at(k.removesuffix(".base_layer.weight")), LoraEmbedding)
-        }
-        tensors = {k: v for k, v in tensors.items() if k not in tables}
-        check_adapter_keys(expected_disk, tensors, source)
-        memory = {**from_peft_keys(tensors, adapter_name, config.modules_to_save), **tables}
+        """Check the on-disk tensors against the model (one error listing every mismatch),
+        then copy them into the adapter's parameters."""
+        tuner = self.tuner_of(adapter_name)
+        shapes = {k: v.shape for k, v in self.state_dict().items()}
+        memory = tuner.from_disk_keys(tensors, adapter_name, shapes, source)
         params = dict(self.named_parameters(remove_duplicate=False))
         buffers = dict(self.named_buffers())
         with no_grad():
@@ -268,23 +324,6 @@ class PeftModel(Module):
                 if target is None:
                     raise ValueError(f"{source}: adapter key {key!r} has no place in the model")
                 target.data[...] = to_device(value.astype(target.dtype), target.device)
-
-    def _module_at(self, name: str) -> Module | None:
-        try:
-            return self.get_submodule(name)
-        except AttributeError:
-            return None
-
-
-def _restore(model: Module, modules: dict[str, Module], flags: list[tuple[Any, bool]]) -> None:
-    """Undo a failed injection: put back the recorded modules (LoRA layers and modules_to_save
-    wrappers it added) and the recorded ``requires_grad`` flags (injection freezes the model)."""
-    for name, module in modules.items():
-        if name:
-            with contextlib.suppress(AttributeError):
-                model.set_submodule(name, module)
-    for p, flag in flags:
-        p.requires_grad_(flag)
 
 
 def get_peft_model(

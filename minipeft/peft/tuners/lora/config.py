@@ -6,19 +6,20 @@ rank-stabilised LoRA, Kalajdzievski 2023). ``rank_pattern`` / ``alpha_pattern`` 
 alpha per module (see :func:`minipeft.peft.config.get_pattern_key`).
 
 Field names, defaults and JSON keys mirror Hugging Face PEFT 0.21.2. Importing this module
-registers the class for ``peft_type: "LORA"``, so ``PeftConfig.from_dict`` builds it. Like
+registers LoRA in :mod:`minipeft.peft.registry` (``peft_type: "LORA"``, prefix ``lora_``,
+PEFT's default targets), so ``PeftConfig.from_dict`` builds it. Like
 :mod:`minipeft.peft.config`, this module is pure Python and never imports the engine.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from minipeft.peft.config import PeftConfig, PeftType, get_pattern_key, register_config
+from minipeft.peft.config import PeftConfig, PeftType, get_pattern_key, is_finite, is_int
+from minipeft.peft.registry import register_peft_method
 
 __all__ = ["LoraConfig"]
 
@@ -45,15 +46,6 @@ _UNSUPPORTED_FEATURES: dict[str, tuple[Any, str]] = {
 _INIT_ONLY_CONFIGS = ("eva_config", "corda_config", "lora_ga_config")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-@register_config
 @dataclass
 class LoraConfig(PeftConfig):
     """LoRA settings with PEFT 0.21.2's field names and defaults (``LoraConfig().to_dict()`` has
@@ -104,38 +96,9 @@ class LoraConfig(PeftConfig):
         self._check_sizes()
         self.target_modules = self._names(self.target_modules, "target_modules")
         self.exclude_modules = self._names(self.exclude_modules, "exclude_modules")
-        to_save = self.modules_to_save
-        if to_save is not None:
-            if isinstance(to_save, str) or not all(isinstance(m, str) for m in to_save):
-                raise self._bad("modules_to_save", "None or a list of module names", to_save)
-            self.modules_to_save = list(to_save)
+        self.modules_to_save = self._module_list(self.modules_to_save, "modules_to_save")
         self._check_layers()
         self._check_patterns()
-
-    def _bad(self, name: str, expected: str, found: Any, note: str = "") -> ValueError:
-        """The one error shape: ``<Class>.<field>: expected ..., found ...``."""
-        return ValueError(
-            f"{type(self).__name__}.{name}: expected {expected}, found {found!r}{note}"
-        )
-
-    def _regex(self, pattern: str, name: str) -> None:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise self._bad(name, "a valid regular expression", pattern, f" ({exc})") from None
-
-    def _names(self, value: Any, name: str) -> list[str] | str | None:
-        """None | regex str | collection of module names -> None | str | sorted unique list."""
-        if isinstance(value, str):
-            self._regex(value, name)
-            return value
-        if value is None:
-            return None
-        if isinstance(value, (list, tuple, set, frozenset)) and all(
-            isinstance(v, str) for v in value
-        ):
-            return sorted(set(value))
-        raise self._bad(name, "None, a regex string or a list of module names", value)
 
     def _check_unsupported(self) -> None:
         for name, (off, feature) in _UNSUPPORTED_FEATURES.items():
@@ -157,11 +120,11 @@ class LoraConfig(PeftConfig):
                 warnings.warn(f"LoraConfig: `{name}` is ignored by init={init!r}", stacklevel=3)
 
     def _check_sizes(self) -> None:
-        if not _is_int(self.r) or self.r <= 0:
+        if not is_int(self.r) or self.r <= 0:
             raise self._bad("r", "a positive integer", self.r)
-        if not _is_finite(self.lora_alpha):
+        if not is_finite(self.lora_alpha):
             raise self._bad("lora_alpha", "a finite number", self.lora_alpha)
-        if not _is_finite(self.lora_dropout) or not 0.0 <= self.lora_dropout < 1.0:
+        if not is_finite(self.lora_dropout) or not 0.0 <= self.lora_dropout < 1.0:
             raise self._bad("lora_dropout", "a number in [0, 1)", self.lora_dropout)
         if self.bias not in ("none", "all", "lora_only"):
             raise self._bad("bias", "'none', 'all' or 'lora_only'", self.bias)
@@ -173,11 +136,11 @@ class LoraConfig(PeftConfig):
         layers, pattern = self.layers_to_transform, self.layers_pattern
         if layers is not None:
             items = list(layers) if isinstance(layers, (list, tuple)) else [layers]
-            if not all(_is_int(i) and i >= 0 for i in items):
+            if not all(is_int(i) and i >= 0 for i in items):
                 raise self._bad(
                     "layers_to_transform", "a layer index >= 0 or a list of them", layers
                 )
-            self.layers_to_transform = layers if _is_int(layers) else items
+            self.layers_to_transform = layers if is_int(layers) else items
         if pattern is not None:
             items = [pattern] if isinstance(pattern, str) else pattern
             if not isinstance(items, (list, tuple)) or not all(isinstance(p, str) for p in items):
@@ -204,7 +167,7 @@ class LoraConfig(PeftConfig):
                 if not isinstance(key, str):
                     raise self._bad(name, "string keys", key)
                 self._regex(key, name)
-                ok = (_is_int(value) and value > 0) if positive_int else _is_finite(value)
+                ok = (is_int(value) and value > 0) if positive_int else is_finite(value)
                 if not ok:
                     expected = "a positive integer rank" if positive_int else "a finite alpha"
                     raise self._bad(f"{name}[{key!r}]", expected, value)
@@ -224,3 +187,13 @@ class LoraConfig(PeftConfig):
         """LoRA scale s: alpha / r, or alpha / sqrt(r) with ``use_rslora``."""
         r, alpha = self.get_r(module_name), self.get_alpha(module_name)
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r
+
+
+register_peft_method(
+    config_class=LoraConfig,
+    tuner="minipeft.peft.tuners.lora.model:LoraModel",
+    prefix="lora_",
+    # PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, for the architectures we build.
+    default_targets={"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]},
+    presets={"lora": {}},
+)

@@ -19,20 +19,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..creation import as_array, randn
-from ..functional import embedding
-from ..nn import Module, Parameter, ParameterDict
-from ..nn import init as nn_init
-from ..nn.layers import _PaddedEmbeddingFn
-from ..tensor import Tensor
-from .lora import LoraLayer, has_sizes_and_weight
+from ....creation import as_array, randn
+from ....functional import embedding
+from ....nn import Module, Parameter, ParameterDict
+from ....nn import init as nn_init
+from ....nn.layers import _PaddedEmbeddingFn
+from ....tensor import Tensor
+from ..base import is_embedding
+from .layer import LoraLayer
 
-__all__ = ["LoraEmbedding", "is_embedding"]
-
-
-def is_embedding(module: Any) -> bool:
-    """An embedding table: ``num_embeddings``, ``embedding_dim`` and a (V, C) ``weight``."""
-    return has_sizes_and_weight(module, "num_embeddings", "embedding_dim")
+__all__ = ["LoraEmbedding"]
 
 
 class LoraEmbedding(LoraLayer):
@@ -44,7 +40,7 @@ class LoraEmbedding(LoraLayer):
     """
 
     adapter_layer_names = ("lora_embedding_A", "lora_embedding_B")
-    other_adapter_containers = ()
+    other_param_names = ("r", "lora_alpha", "scaling")
 
     def __init__(self, base_layer: Module, fan_in_fan_out: bool = False) -> None:
         Module.__init__(self)  # not LoraLayer's: it checks the linear contract
@@ -132,12 +128,9 @@ class LoraEmbedding(LoraLayer):
                                         padding_idx=pad)  # fmt: skip
 
     def forward(self, x: Any) -> Any:
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x)
+        base_only = self._disabled_or_merged()  # first: disabling unmerges
         result = self.base_layer(x)
-        if self.merged:
+        if base_only:
             return result
         for name in self.active_adapters:
             if name not in self.lora_embedding_A:

@@ -20,43 +20,27 @@ import math
 import warnings
 from typing import Any
 
-from ..autograd import no_grad
-from ..backend import xp_of
-from ..nn import Dropout, Identity, Linear, Module, ModuleDict
-from ..nn import init as nn_init
+from ....nn import Dropout, Identity, Linear, Module, ModuleDict
+from ....nn import init as nn_init
+from ..base import BaseTunerLayer, is_linear
 
-__all__ = ["LoraLayer", "is_linear"]
-
-
-def has_sizes_and_weight(module: Any, *sizes: str) -> bool:
-    """A Module with these integer size attributes and a ``weight``: the duck type a tuner
-    wraps (linear: in/out features; embedding: num_embeddings, embedding_dim)."""
-    return (
-        isinstance(module, Module)
-        and all(isinstance(getattr(module, s, None), int) for s in sizes)
-        and getattr(module, "weight", None) is not None
-    )
+__all__ = ["LoraLayer"]
 
 
-def is_linear(module: Any) -> bool:
-    """The linear contract: anything with in/out features, a weight and forward is a linear."""
-    return has_sizes_and_weight(module, "in_features", "out_features")
-
-
-class LoraLayer(Module):
+class LoraLayer(BaseTunerLayer):
     """Wraps one linear layer; adds ``lora_A[name]``, ``lora_B[name]``, ``lora_dropout[name]``.
 
     ``fan_in_fan_out=True`` means the base weight is stored (d_in, d_out) (HF's Conv1D); it only
     changes how the delta weight is laid out when merging.
 
-    A subclass for another base layer (:class:`~minipeft.peft.lora_embedding.LoraEmbedding`)
-    names its per-adapter containers in ``adapter_layer_names`` (trainable) and
-    ``other_adapter_containers`` and overrides ``update_layer``, ``get_delta_weight`` and
-    ``forward``; adapter state, set/delete and merge/unmerge are written once, here.
+    A subclass for another base layer (:class:`~minipeft.peft.tuners.lora.embedding.LoraEmbedding`)
+    names its per-adapter containers in ``adapter_layer_names`` and overrides ``update_layer``,
+    ``get_delta_weight`` and ``forward``; adapter state, set/delete and merge/unmerge are
+    :class:`~minipeft.peft.tuners.base.BaseTunerLayer`'s, merging being W ← W ± ΔW.
     """
 
     adapter_layer_names: tuple[str, ...] = ("lora_A", "lora_B")  # PEFT's attribute name
-    other_adapter_containers: tuple[str, ...] = ("lora_dropout",)
+    other_param_names: tuple[str, ...] = ("lora_dropout", "r", "lora_alpha", "scaling")
 
     def __init__(self, base_layer: Module, fan_in_fan_out: bool = False) -> None:
         super().__init__()
@@ -96,9 +80,7 @@ class LoraLayer(Module):
         self.r: dict[str, int] = {}
         self.lora_alpha: dict[str, float] = {}
         self.scaling: dict[str, float] = {}
-        self.merged_adapters: list[str] = []
-        self.active_adapters: list[str] = []
-        self.disable_adapters = False
+        super()._init_adapter_state()
 
     # ------------------------------------------------------------------ adapters
     def update_layer(
@@ -137,8 +119,7 @@ class LoraLayer(Module):
         self.lora_alpha[adapter_name] = lora_alpha
         self.scaling[adapter_name] = lora_alpha / (math.sqrt(r) if use_rslora else r)
         self.reset_lora_parameters(adapter_name, init_lora_weights)
-        if not self.active_adapters:
-            self.active_adapters = [adapter_name]
+        self._activate_first(adapter_name)
 
     def reset_lora_parameters(self, adapter_name: str, init: bool | str) -> None:
         """True: A ~ Kaiming-uniform (PyTorch Linear's default), B = 0 ⇒ ΔW = 0 at start.
@@ -152,38 +133,7 @@ class LoraLayer(Module):
             nn_init.kaiming_uniform_(a, a=math.sqrt(5))
         nn_init.zeros_(b)
 
-    def delete_adapter(self, adapter_name: str) -> None:
-        for attr in self.adapter_layer_names + self.other_adapter_containers:
-            container = getattr(self, attr)
-            if adapter_name in container:
-                del container[adapter_name]
-        for d in (self.r, self.lora_alpha, self.scaling):
-            d.pop(adapter_name, None)
-        self.active_adapters = [a for a in self.active_adapters if a != adapter_name]
-
-    def set_adapter(self, adapter_names: str | list[str]) -> None:
-        """Activate these adapters; only they are trainable (PEFT's behaviour)."""
-        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        held = self.adapter_names()
-        for attr in self.adapter_layer_names:
-            container = getattr(self, attr)
-            for key in held:
-                container[key].requires_grad_(key in names)
-        self.active_adapters = [n for n in names if n in held]
-
-    def adapter_names(self) -> list[str]:
-        """The adapters this layer holds."""
-        return getattr(self, self.adapter_layer_names[0]).keys()
-
     # ------------------------------------------------------------------ merging
-    @property
-    def merged(self) -> bool:
-        return bool(self.merged_adapters)
-
-    def check_merge_allowed(self) -> None:
-        """Raise if merging this layer would change what the model computes (a linear layer
-        always merges; see :class:`~minipeft.peft.lora_embedding.LoraEmbedding`)."""
-
     def get_delta_weight(self, adapter_name: str) -> Any:
         """ΔW = s · B A as a raw array laid out like the base weight ((d_out, d_in), or
         transposed with fan_in_fan_out)."""
@@ -193,55 +143,17 @@ class LoraLayer(Module):
         delta = delta.T if self.fan_in_fan_out else delta
         return delta.astype(self.base_layer.weight.dtype, copy=False)
 
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """W ← W + ΔW for each active (or named) adapter not merged yet.
+    def merge_weight(self, weight: Any, adapter_name: str) -> Any:
+        return weight + self.get_delta_weight(adapter_name)  # W + ΔW
 
-        ``safe_merge`` computes the merged weight on a copy first and raises, leaving W
-        untouched, if it is not finite.
-        """
-        self.check_merge_allowed()
-        names = self.active_adapters if adapter_names is None else adapter_names
-        held = self.adapter_names()
-        todo = [n for n in names if n in held and n not in self.merged_adapters]
-        if len(todo) < len(names):
-            done = [n for n in names if n in self.merged_adapters]
-            if done:
-                warnings.warn(f"adapters {done} are already merged; merging them again is a no-op",
-                              stacklevel=3)  # fmt: skip
-        w = self.base_layer.weight
-        with no_grad():
-            for name in todo:
-                delta = self.get_delta_weight(name)
-                if safe_merge:
-                    merged = w.data + delta
-                    if not bool(xp_of(merged).isfinite(merged).all()):
-                        raise ValueError(
-                            f"NaNs or infs detected in the merged weights of adapter {name!r}: "
-                            "the adapter seems broken; nothing was merged"
-                        )
-                    w.data[...] = merged
-                else:
-                    w.data += delta
-                self.merged_adapters.append(name)
-
-    def unmerge(self) -> None:
-        """W ← W − ΔW for every merged adapter, last merged first (PEFT warns if none is)."""
-        if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
-            return
-        with no_grad():
-            while self.merged_adapters:
-                name = self.merged_adapters.pop()
-                self.base_layer.weight.data -= self.get_delta_weight(name)
+    def unmerge_weight(self, weight: Any, adapter_name: str) -> Any:
+        return weight - self.get_delta_weight(adapter_name)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Any) -> Any:
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x)
+        base_only = self._disabled_or_merged()  # first: disabling unmerges
         result = self.base_layer(x)
-        if self.merged:
+        if base_only:
             return result
         for name in self.active_adapters:
             if name not in self.lora_A:

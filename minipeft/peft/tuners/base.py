@@ -1,0 +1,522 @@
+"""The tuner seam: one base for the layers that hold adapters, one for the tuners that place them.
+
+:class:`BaseTunerLayer` wraps one base layer (``self.base_layer``, never edited except by an
+explicit merge) and holds named adapters in per-adapter containers (``lora_A["default"]``). It owns
+the state every method shares: which adapters are active, merged and disabled, ``set_adapter``,
+``delete_adapter``, and ``merge`` / ``unmerge`` written once over two small hooks.
+
+:class:`BaseTuner` holds the user's model as ``self.model`` (so parameter names gain PEFT's
+``base_model.model.`` prefix) and does all module surgery through ``get_submodule`` /
+``set_submodule``: targets are resolved once, checked, then :meth:`BaseTuner._create_and_replace`
+runs per target; parameters whose names lack the method's ``prefix`` are frozen; set / delete /
+disable / merge / unmerge / unload are written once for every method. A failed injection puts
+back every module and ``requires_grad`` flag it changed: nothing is ever half-applied.
+
+The base-layer weight protocol (:func:`get_base_weight` / :func:`set_base_weight`) is how merging
+reads and writes a base weight: a float array in the layout the layer stores. A layer that keeps
+its weight another way (a 4-bit layer) implements ``get_base_weight()`` / ``set_base_weight(w)``
+itself, dequantizing and requantizing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+from ...autograd import no_grad
+from ...backend import xp_of
+from ...nn import Module
+from ..adapter_io import check_adapter_keys, from_peft_keys, to_peft_keys
+from ..config import PeftConfig, resolve_target_modules
+from ..matching import find_targets, is_module_to_save
+from ..modules_to_save import ModulesToSaveWrapper
+
+__all__ = [
+    "BaseTuner",
+    "BaseTunerLayer",
+    "get_base_weight",
+    "has_sizes_and_weight",
+    "inside_adapter",
+    "is_embedding",
+    "is_linear",
+    "model_type_of",
+    "set_base_weight",
+]
+
+
+# ---------------------------------------------------------------------- the linear contract
+def has_sizes_and_weight(module: Any, *sizes: str) -> bool:
+    """A Module with these integer size attributes and a ``weight``: the duck type a tuner
+    wraps (linear: in/out features; embedding: num_embeddings, embedding_dim)."""
+    return (
+        isinstance(module, Module)
+        and all(isinstance(getattr(module, s, None), int) for s in sizes)
+        and getattr(module, "weight", None) is not None
+    )
+
+
+def is_linear(module: Any) -> bool:
+    """The linear contract: anything with in/out features, a weight and forward is a linear."""
+    return has_sizes_and_weight(module, "in_features", "out_features")
+
+
+def is_embedding(module: Any) -> bool:
+    """An embedding table: ``num_embeddings``, ``embedding_dim`` and a (V, C) ``weight``."""
+    return has_sizes_and_weight(module, "num_embeddings", "embedding_dim")
+
+
+def model_type_of(model: Module) -> str | None:
+    """``config.model_type`` of a model with an HF-style config ("gpt2", "llama"), else None."""
+    return getattr(getattr(model, "config", None), "model_type", None)
+
+
+def inside_adapter(name: str, modules: dict[str, Module]) -> bool:
+    """Whether module ``name`` lies inside a tuner layer or a modules_to_save wrapper (its base
+    layer, adapter containers, copies): such modules are never targets themselves. Decided by
+    the modules above it, not by spelling, so it holds for every method."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        if isinstance(modules.get(".".join(parts[:i])), (BaseTunerLayer, ModulesToSaveWrapper)):
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------- base-weight protocol
+def get_base_weight(layer: Module) -> Any:
+    """The layer's weight as a float array (a raw array, not a Tensor), for merging."""
+    if hasattr(layer, "get_base_weight"):
+        return layer.get_base_weight()
+    weight = getattr(layer, "weight", None)
+    kind = getattr(getattr(weight, "dtype", None), "kind", None)
+    if weight is None or kind != "f":
+        found = "no weight" if weight is None else f"a {weight.dtype} weight"
+        raise TypeError(
+            f"cannot merge into {type(layer).__name__}: merging needs a float weight array "
+            f"(or get_base_weight/set_base_weight methods), found {found}"
+        )
+    return weight.data
+
+
+def set_base_weight(layer: Module, value: Any) -> None:
+    """Store ``value`` (shaped like :func:`get_base_weight`'s array) as the layer's weight, in
+    place, so a weight shared with another module (a tied lm_head) stays shared."""
+    if hasattr(layer, "set_base_weight"):
+        layer.set_base_weight(value)
+        return
+    weight = layer.weight.data
+    if tuple(value.shape) != tuple(weight.shape):
+        raise ValueError(
+            f"set_base_weight on {type(layer).__name__}: expected shape {tuple(weight.shape)}, "
+            f"found {tuple(value.shape)}"
+        )
+    weight[...] = value
+
+
+def _all_finite(array: Any) -> bool:
+    return bool(xp_of(array).isfinite(array).all())
+
+
+# ---------------------------------------------------------------------- layers
+class BaseTunerLayer(Module):
+    """One wrapped base layer holding named adapters.
+
+    A subclass names its trainable per-adapter containers in ``adapter_layer_names`` (the first
+    one tells which adapters the layer holds), its other per-adapter containers and dicts in
+    ``other_param_names``, and implements ``update_layer`` and ``forward``. A mergeable method
+    also implements :meth:`merge_weight` / :meth:`unmerge_weight` (and, when it changes the
+    bias, :meth:`merge_bias` / :meth:`unmerge_bias`).
+    """
+
+    adapter_layer_names: tuple[str, ...] = ()
+    other_param_names: tuple[str, ...] = ()
+
+    def _init_adapter_state(self) -> None:
+        self.merged_adapters: list[str] = []
+        self.active_adapters: list[str] = []
+        self.disable_adapters = False
+
+    # ------------------------------------------------------------------ adapters
+    def adapter_names(self) -> list[str]:
+        """The adapters this layer holds."""
+        return list(getattr(self, self.adapter_layer_names[0]).keys())
+
+    def _activate_first(self, adapter_name: str) -> None:
+        if not self.active_adapters:
+            self.active_adapters = [adapter_name]
+
+    def set_adapter(self, adapter_names: str | list[str]) -> None:
+        """Activate these adapters; only they are trainable (PEFT's behaviour)."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        held = self.adapter_names()
+        for attr in self.adapter_layer_names:
+            container = getattr(self, attr)
+            for key in held:
+                if key in container:
+                    container[key].requires_grad_(key in names)
+        self.active_adapters = [n for n in names if n in held]
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        for attr in self.adapter_layer_names + self.other_param_names:
+            container = getattr(self, attr)
+            if adapter_name in container:
+                del container[adapter_name]
+        self.active_adapters = [a for a in self.active_adapters if a != adapter_name]
+
+    # ------------------------------------------------------------------ merging
+    @property
+    def merged(self) -> bool:
+        return bool(self.merged_adapters)
+
+    def check_merge_allowed(self) -> None:
+        """Raise if merging this layer would change what the model computes."""
+
+    def merge_weight(self, weight: Any, adapter_name: str) -> Any:
+        """The merged base weight (a raw array in the base layout) for one adapter."""
+        raise TypeError(f"{type(self).__name__} cannot be merged into its base layer")
+
+    def unmerge_weight(self, weight: Any, adapter_name: str) -> Any:
+        """Inverse of :meth:`merge_weight`."""
+        raise TypeError(f"{type(self).__name__} cannot be unmerged from its base layer")
+
+    def merge_bias(self, bias: Any, adapter_name: str) -> Any:
+        """The merged base bias (default: unchanged)."""
+        return bias
+
+    def unmerge_bias(self, bias: Any, adapter_name: str) -> Any:
+        return bias
+
+    def _pending(self, adapter_names: list[str] | None) -> list[str]:
+        names = self.active_adapters if adapter_names is None else adapter_names
+        held = self.adapter_names()
+        done = [n for n in names if n in self.merged_adapters]
+        if done:
+            warnings.warn(f"adapters {done} are already merged; merging them again is a no-op",
+                          stacklevel=4)  # fmt: skip
+        return [n for n in names if n in held and n not in self.merged_adapters]
+
+    def merged_arrays(self, adapter_names: list[str] | None = None) -> tuple[Any, Any]:
+        """(weight, bias) after merging the pending adapters, computed on copies."""
+        weight = get_base_weight(self.base_layer)
+        bias_param = getattr(self.base_layer, "bias", None)
+        bias = None if bias_param is None else bias_param.data
+        for name in self._pending(adapter_names):
+            weight = self.merge_weight(weight, name)
+            if bias is not None:
+                bias = self.merge_bias(bias, name)
+        return weight, bias
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Fold each active (or named) adapter not merged yet into the base weight.
+
+        ``safe_merge`` computes the merged weight first and raises, leaving the layer
+        untouched, if it is not finite.
+        """
+        self.check_merge_allowed()
+        todo = self._pending(adapter_names)
+        if not todo:
+            return
+        with no_grad():
+            weight, bias = self.merged_arrays(todo)
+            if safe_merge and not (_all_finite(weight) and (bias is None or _all_finite(bias))):
+                raise ValueError(
+                    f"NaNs or infs detected in the merged weights of adapter "
+                    f"{', '.join(map(repr, todo))}: "
+                    "the adapter seems broken; nothing was merged"
+                )
+            set_base_weight(self.base_layer, weight)
+            if bias is not None:
+                self.base_layer.bias.data[...] = bias
+        self.merged_adapters.extend(todo)
+
+    def unmerge(self) -> None:
+        """Undo every merge, last merged first (PEFT warns if nothing is merged)."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+            return
+        with no_grad():
+            while self.merged_adapters:
+                name = self.merged_adapters.pop()
+                weight = self.unmerge_weight(get_base_weight(self.base_layer), name)
+                set_base_weight(self.base_layer, weight)
+                bias = getattr(self.base_layer, "bias", None)
+                if bias is not None:
+                    bias.data[...] = self.unmerge_bias(bias.data, name)
+
+    def _disabled_or_merged(self) -> bool:
+        """Forward helper, called before the base layer runs: with adapters disabled, undo
+        merges; True when the base layer's output alone is the answer (disabled, or the active
+        adapters already merged)."""
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return True
+        return self.merged
+
+
+# ---------------------------------------------------------------------- tuners
+class BaseTuner(Module):
+    """Places one method's layers into a model. A subclass sets ``prefix`` and ``layer_class``
+    and implements :meth:`_create_and_replace`; it may override :meth:`_find_targets` (default:
+    PEFT's ``target_modules`` rules), :meth:`_check_target` and :meth:`_mark_trainable_extras`.
+    """
+
+    prefix: str = ""  # marks this method's adapter parameters in a parameter name
+    layer_class: type[BaseTunerLayer] = BaseTunerLayer
+    config_class: type[PeftConfig] = PeftConfig
+
+    def __init__(self, model: Module, config: PeftConfig, adapter_name: str = "default") -> None:
+        super().__init__()
+        self.model = model
+        self.peft_config: dict[str, PeftConfig] = {}
+        self.active_adapter = adapter_name
+        self.targeted_module_names: list[str] = []
+        self.inject_adapter(config, adapter_name)
+
+    # ------------------------------------------------------------------ injection
+    def inject_adapter(self, config: PeftConfig, adapter_name: str) -> None:
+        """Add adapter ``adapter_name`` to every target of ``config``, all or nothing."""
+        if not isinstance(config, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__} expects a {self.config_class.__name__}, found "
+                f"{type(config).__name__}"
+            )
+        if adapter_name in self.peft_config:
+            raise ValueError(f"adapter {adapter_name!r} already exists; pick another name")
+        modules = dict(self.model.named_modules())
+        names = [n for n in modules if n and not inside_adapter(n, modules)]
+        targets = self._find_targets(config, names, modules)
+        for name in targets:  # every target is checked before anything changes
+            self._check_target(name, modules[name], config)
+        to_save = self._modules_to_save_names(list(getattr(config, "modules_to_save", None) or []))
+        saved_modules = dict(modules)
+        flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        try:
+            for name in targets:
+                self._create_and_replace(config, adapter_name, name, modules[name])
+            for name in to_save:
+                module = self.model.get_submodule(name)
+                if isinstance(module, ModulesToSaveWrapper):
+                    module.update(adapter_name)
+                else:
+                    self.model.set_submodule(name, ModulesToSaveWrapper(module, adapter_name))
+        except BaseException:
+            self._remove_adapter_parts(adapter_name)
+            restore_modules(self.model, saved_modules, flags)
+            raise
+        self._record_defaults(config)
+        self.peft_config[adapter_name] = config
+        self.targeted_module_names = targets
+        self._mark_only_adapters_as_trainable(config)
+        if self.active_adapter != adapter_name:  # a new adapter starts inactive, like PEFT
+            self.set_adapter(self.active_adapter)
+
+    def _find_targets(self, config: Any, names: list[str], modules: dict[str, Module]) -> list[str]:
+        """PEFT's ``target_modules`` rules. ``"all-linear"`` sees the linear modules, counting
+        a tuner layer on a linear as linear (a second adapter joins it); embeddings never are."""
+        linear = {
+            n
+            for n in names
+            if is_linear(modules[n])
+            or (isinstance(modules[n], BaseTunerLayer) and is_linear(modules[n].base_layer))
+        }
+        return find_targets(names, config, model_type=model_type_of(self.model),
+                            linear_names=linear)  # fmt: skip
+
+    def _check_target(self, name: str, module: Module, config: Any) -> None:
+        """Raise (before any change) when ``module`` cannot carry this method's adapter."""
+
+    def _create_and_replace(self, config: Any, adapter_name: str, target_name: str,
+                            target: Module) -> None:  # fmt: skip
+        """Wrap ``target`` (or add the adapter to its existing layer). Implemented per method."""
+        raise NotImplementedError
+
+    def _record_defaults(self, config: Any) -> None:
+        """Like PEFT, record (and save) the default ``target_modules`` the injection used."""
+        if hasattr(config, "target_modules") and config.target_modules is None:
+            config.target_modules = resolve_target_modules(config, model_type_of(self.model))
+
+    def _remove_adapter_parts(self, adapter_name: str) -> None:
+        """After a failed injection: drop what the adapter added to layers that already
+        existed (layers it created are unwrapped by :func:`restore_modules`)."""
+        for module in self._wrappers():
+            with contextlib.suppress(Exception):
+                module.delete_adapter(adapter_name)
+
+    def _modules_to_save_names(self, to_save: list[str]) -> list[str]:
+        """Names of the modules to train whole; raises (before any wrapping) when none match."""
+        if not to_save:
+            return []
+        modules = dict(self.model.named_modules())
+        names = [
+            name
+            for name in modules
+            if name and not inside_adapter(name, modules) and is_module_to_save(name, to_save)
+        ]
+        if not names:
+            raise ValueError(f"modules_to_save {to_save} matched no module of the model")
+        return names
+
+    def _mark_only_adapters_as_trainable(self, config: Any) -> None:
+        """Freezing is a name filter: adapter parameters carry the method's prefix."""
+        for name, p in self.model.named_parameters():
+            if self.prefix not in name and ".modules_to_save." not in name:
+                p.requires_grad_(False)
+        self._mark_trainable_extras(config)
+
+    def _mark_trainable_extras(self, config: Any) -> None:
+        """Hook: parameters besides the adapters that train (e.g. LoRA's ``bias``)."""
+
+    # ------------------------------------------------------------------ adapters
+    def tuner_layers(self) -> Iterator[BaseTunerLayer]:
+        for module in self.model.modules():
+            if isinstance(module, self.layer_class):
+                yield module
+
+    def _wrappers(self) -> Iterator[Module]:
+        for module in self.model.modules():
+            if isinstance(module, (self.layer_class, ModulesToSaveWrapper)):
+                yield module
+
+    def _check_name(self, adapter_name: str) -> None:
+        if adapter_name not in self.peft_config:
+            raise ValueError(
+                f"adapter {adapter_name!r} not found; available: {sorted(self.peft_config)}"
+            )
+
+    def set_adapter(self, adapter_name: str | list[str]) -> None:
+        """Make ``adapter_name`` the active (and only trainable) adapter; a list activates
+        several at once (applied in that order where the method composes them)."""
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        for name in names:
+            self._check_name(name)
+        switching = names != self._active_list()
+        if switching and any(layer.merged for layer in self.tuner_layers()):  # nothing half-done
+            raise ValueError("unmerge the merged adapters before switching the active one")
+        for module in self._wrappers():
+            if isinstance(module, ModulesToSaveWrapper):
+                owned = [n for n in names if n in module.modules_to_save]
+                if owned or all(n in self.peft_config for n in module.modules_to_save.keys()):
+                    module.set_adapter(owned[-1] if owned else None)  # None: the original
+            else:
+                module.set_adapter(names)
+        # An empty list: none active (an adapter added to a model whose others are another
+        # method's starts so).
+        self.active_adapter = names[0] if len(names) == 1 else names
+
+    def _active_list(self) -> list[str]:
+        active = self.active_adapter
+        return [active] if isinstance(active, str) else list(active)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        self._check_name(adapter_name)
+        if adapter_name in self._active_list():
+            raise ValueError(
+                f"adapter {adapter_name!r} is the active adapter; set_adapter() another one "
+                "before deleting it"
+            )
+        if any(adapter_name in m.merged_adapters for m in self.tuner_layers()):
+            raise ValueError(
+                f"adapter {adapter_name!r} is merged into the base weights; unmerge_adapter() "
+                "before deleting it"
+            )
+        for module in self._wrappers():
+            module.delete_adapter(adapter_name)
+        del self.peft_config[adapter_name]
+        # A layer left without adapters goes back to its base layer.
+        for name, module in list(self.model.named_modules()):
+            if isinstance(module, self.layer_class) and not module.adapter_names():
+                self.model.set_submodule(name, module.base_layer)
+
+    def set_adapters_enabled(self, enabled: bool) -> None:
+        for module in self._wrappers():
+            module.disable_adapters = not enabled
+
+    # ------------------------------------------------------------------ merging
+    def merge_adapter(self, safe_merge: bool = False) -> None:
+        """Merge the active adapters into every layer, all or nothing."""
+        layers = list(self.tuner_layers())
+        for layer in layers:  # e.g. an embedding tied to lm_head: refused before any change
+            layer.check_merge_allowed()
+        if safe_merge:  # check every layer before touching any
+            with no_grad():
+                for layer in layers:
+                    weight, bias = layer.merged_arrays()
+                    if not (_all_finite(weight) and (bias is None or _all_finite(bias))):
+                        raise ValueError(
+                            f"NaNs or infs detected in the merged weights of adapter "
+                            f"{self.active_adapter!r}: the adapter seems broken; nothing was merged"
+                        )
+        for layer in layers:
+            layer.merge(safe_merge=safe_merge)
+
+    def unmerge_adapter(self) -> None:
+        """Undo every merge; with nothing merged, warn once (as PEFT does) and do nothing."""
+        merged = [layer for layer in self.tuner_layers() if layer.merged]
+        if not merged:
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=3)
+        for layer in merged:
+            layer.unmerge()
+
+    def _unload(self, merge: bool, safe_merge: bool = False) -> Module:
+        if merge:
+            self.merge_adapter(safe_merge=safe_merge)
+        for name, module in list(self.model.named_modules()):
+            if isinstance(module, self.layer_class):
+                self.model.set_submodule(name, module.base_layer)
+            elif isinstance(module, ModulesToSaveWrapper):
+                self.model.set_submodule(name, module.active_module if merge else
+                                         module.original_module)  # fmt: skip
+        return self.model
+
+    def merge_and_unload(self, safe_merge: bool = False) -> Module:
+        return self._unload(merge=True, safe_merge=safe_merge)
+
+    def unload(self) -> Module:
+        return self._unload(merge=False)
+
+    def check_mergeable(self) -> None:
+        """Raise when this method cannot fold its adapters into the base weights."""
+
+    # ------------------------------------------------------------------ files
+    def to_disk_keys(self, state_dict: dict[str, Any], adapter_name: str) -> dict[str, Any]:
+        """Select adapter ``adapter_name``'s entries of a PeftModel state dict, keyed as its
+        files store them (PEFT's keys by default; values pass through)."""
+        config = self.peft_config[adapter_name]
+        return to_peft_keys(state_dict, adapter_name, bias=getattr(config, "bias", "none"),
+                            prefixes=(self.prefix,))  # fmt: skip
+
+    def from_disk_keys(self, tensors: dict[str, Any], adapter_name: str,
+                       shapes: dict[str, tuple[int, ...]], source: Any) -> dict[str, Any]:  # fmt: skip
+        """Check on-disk ``tensors`` against the model's ``shapes`` (PeftModel state-dict keys)
+        and return them under in-memory keys; one error lists every mismatch."""
+        config = self.peft_config[adapter_name]
+        expected = self.to_disk_keys(shapes, adapter_name)
+        check_adapter_keys(expected, tensors, source, hints=self.shape_hints)
+        return from_peft_keys(tensors, adapter_name, getattr(config, "modules_to_save", None),
+                              prefixes=(self.prefix,))  # fmt: skip
+
+    @staticmethod
+    def shape_hints(shapes: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> list[str]:
+        """Lines explaining shape mismatches (key, expected, found) in the method's terms."""
+        return []
+
+    def config_for_saving(self, config: PeftConfig, adapter_name: str) -> PeftConfig:
+        """The config as written beside the weights (a method may record model facts)."""
+        return config
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+
+def restore_modules(model: Module, modules: dict[str, Module],
+                    flags: list[tuple[Any, bool]]) -> None:  # fmt: skip
+    """Undo a failed change: put back the recorded modules (the layers and wrappers it added)
+    and the recorded ``requires_grad`` flags (injection freezes the model)."""
+    for name, module in modules.items():
+        if name:
+            with contextlib.suppress(AttributeError):
+                model.set_submodule(name, module)
+    for p, flag in flags:
+        p.requires_grad_(flag)
