@@ -5,7 +5,8 @@
     minipeft quickstart                             # pretrain (cached) → LoRA → merge → table
     minipeft pretrain [--out DIR] [--overwrite]     # a small GPT-2 on offline text
     minipeft generate [--model DIR] [--adapter DIR] --prompt TEXT
-    minipeft finetune --method lora|full --task docstrings|docstring-topic [--out DIR]
+    minipeft finetune --method lora|ia3|seq_bn|double_seq_bn|par_bn|full --task docstrings|
+                      docstring-topic [--out DIR] [--set FIELD=VALUE ...]
     minipeft predict [--model DIR] [--adapter DIR] --text TEXT | --file F
     minipeft eval [--model DIR] [--adapter DIR] --task NAME
     minipeft merge [--model DIR] --adapter DIR --out DIR
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from . import __version__
 from . import cli_commands as commands
+from .peft.registry import preset_names
 
 __all__ = ["main", "build_parser"]
 
@@ -134,12 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=commands.cmd_generate)
 
-    p = sub.add_parser("finetune", help="fine-tune (LoRA or every weight) and save the result")
+    p = sub.add_parser("finetune", help="fine-tune (a PEFT method or every weight) and save it")
     p.add_argument(
         "--method",
         default=None,
-        choices=["lora", "full"],
-        help="lora (saves an adapter; the default) or full (saves a model)",
+        choices=["full", *preset_names()],
+        help="a PEFT method (saves an adapter; default lora) or full (saves a model)",
     )
     p.add_argument("--model", default=None, help="HF folder (default: the cached base model)")
     p.add_argument("--task", default=None, help="docstrings (the default) or docstring-topic")
@@ -149,8 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "default 16)")  # fmt: skip
     p.add_argument("--dropout", type=float, default=None, help="LoRA dropout (default 0)")
     p.add_argument("--targets", nargs="+", default=None, help="target module names "
-                   "(default: the architecture's, plus the token embedding for "
+                   "(default: the architecture's, plus the token embedding for LoRA on "
                    "docstring-topic; 'all-linear' for every linear)")  # fmt: skip
+    p.add_argument("--reduction-factor", type=float, default=None,
+                   help="C / m for a bottleneck adapter (seq_bn: 16; par_bn: 2)")  # fmt: skip
+    p.add_argument("--non-linearity", default=None, help="activation inside a bottleneck adapter")
+    p.add_argument("--set", nargs="+", action="extend", default=None, metavar="FIELD=VALUE",
+                   help="any field of the method's config, e.g. --set r=16 "
+                   "target_modules=q_proj,v_proj (JSON values; a,b is a list)")  # fmt: skip
     _training(p, steps="150; 300 for docstring-topic", lr="1e-2 for LoRA on docstrings, else 1e-3")
     p.set_defaults(func=commands.cmd_finetune)
 

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 
@@ -157,13 +158,34 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         args.out = os.fspath(Path("runs") / f"{args.method or 'lora'}-{args.task or 'docstrings'}")
     r = finetune(model, task=args.task, out=args.out, method=args.method, r=args.r,
                  alpha=args.alpha, dropout=args.dropout, targets=args.targets,
-                 device=args.device, resume=args.resume, overwrite=args.overwrite,
-                 progress=not args.quiet, **_train_flags(args))  # fmt: skip
+                 reduction_factor=args.reduction_factor, non_linearity=args.non_linearity,
+                 overrides=_field_overrides(args.set), device=args.device, resume=args.resume,
+                 overwrite=args.overwrite, progress=not args.quiet,
+                 **_train_flags(args))  # fmt: skip
     m = r.metric
-    what = "adapter" if r.method == "lora" else "model"
+    what = "model" if r.method == "full" else "adapter"
     print(f"{r.task}: {m} {r.before[m]:.4f} -> {r.after[m]:.4f}; {what} saved to "
           f"{r.adapter_path} ({r.adapter_bytes:,} bytes) in {r.seconds:.0f} s")  # fmt: skip
     return 0
+
+
+def _field_overrides(items: list[str] | None) -> dict[str, Any] | None:
+    """``--set r=16 target_modules=q_proj,v_proj scaling=learned`` -> a dict of config fields.
+    A value is read as JSON when it parses (16, 1.5, true, null, ["a"]), else a comma makes a
+    list of strings, else it is a string."""
+    if not items:
+        return None
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set: expected FIELD=VALUE, found {item!r}")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = [v for v in raw.split(",") if v] if "," in raw else raw
+        out[key] = value
+    return out
 
 
 def _texts(args: argparse.Namespace) -> list[str]:

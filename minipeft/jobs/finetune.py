@@ -1,13 +1,17 @@
-"""``minipeft finetune`` and ``minipeft merge``: LoRA or full fine-tuning on a base checkpoint.
+"""``minipeft finetune`` and ``minipeft merge``: PEFT or full fine-tuning on a base checkpoint.
 
 A task from :mod:`minipeft.tasks` decides the head: ``causal_lm`` tasks fine-tune the language
 model (metric: held-out loss), ``seq_cls`` tasks add a classification head (``score``, trained
 and saved with the adapter, as PEFT's ``SEQ_CLS`` does; metric: accuracy), whose config names
 the task's classes (``id2label``).
 
-Methods: ``lora`` saves an adapter folder; ``full`` trains every weight and saves a model folder.
-Defaults depend on the task and the method (:data:`TASK_DEFAULTS`, measured: see the README's
-"docstring-topic" section); any of them can be set explicitly.
+Methods: every name in the PEFT registry (``lora``, ``ia3``, ``seq_bn``, ``double_seq_bn``,
+``par_bn``, ...) trains an adapter and saves its folder; ``full`` trains every weight and saves a
+model folder. The job builds the method's registered config from its defaults plus field
+overrides (``fields``: ``--set r=16 target_modules=q_proj,v_proj``) and a few short flags
+(:data:`SHORT_FLAGS`), so a new method needs no job code. Defaults depend on the task and the
+method (:data:`TASK_DEFAULTS`, measured: see the README's "docstring-topic" section); any of
+them can be set explicitly.
 
 The output folder (``--out``) is a run folder (:mod:`minipeft.jobs.runs`): ``run.json`` (the
 settings), ``metrics.jsonl``, ``checkpoint/`` while the run is unfinished, then the result.
@@ -21,7 +25,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +33,10 @@ from ..data import classification_batches, iterate_batches, lm_blocks, tokenize_
 from ..fileio import atomic_folder, atomic_write_text, check_output_path
 from ..models import AutoModelForCausalLM, AutoModelForSequenceClassification, load_config
 from ..nn import Module
-from ..peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from ..peft import PeftConfig, PeftModel, TaskType, get_peft_model
 from ..peft.adapter_io import adapter_metadata, load_adapter_files
-from ..peft.config import default_target_modules
 from ..peft.provenance import base_fingerprint, labels_from_metadata
+from ..peft.registry import method_for, preset, preset_names
 from ..tasks import Task, get_task
 from ..tokenizer import Tokenizer
 from ..train import TrainConfig, Trainer, evaluate
@@ -40,6 +44,8 @@ from .runs import RUN_FILE, finish_run, prepare_run
 
 __all__ = [
     "METHODS",
+    "SHORT_FLAGS",
+    "build_peft_config",
     "TASK_DEFAULTS",
     "FinetuneResult",
     "TaskData",
@@ -51,7 +57,16 @@ __all__ = [
     "task_data",
 ]
 
-METHODS = ("lora", "full")
+METHODS = ("full", *preset_names())
+# Short flags and the config field each one sets, the first the method's config has.
+SHORT_FLAGS: dict[str, tuple[str, ...]] = {
+    "r": ("r",),
+    "alpha": ("lora_alpha",),
+    "dropout": ("lora_dropout", "dropout"),
+    "targets": ("target_modules",),
+    "reduction_factor": ("reduction_factor",),
+    "non_linearity": ("non_linearity",),
+}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 # Settings every run has, then what each (task, method) changes. Measured on the default base
@@ -60,15 +75,19 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 # embeddings, because word identity is what tells the topics apart and the frozen base's
 # last-token features carry almost none of it (a linear probe on them: 0.28, chance 0.25).
 BASE_DEFAULTS: dict[str, Any] = {
-    "r": 8, "alpha": 16.0, "dropout": 0.0, "targets": None, "steps": 150, "lr": 1e-2,
-    "batch_size": 16, "block_size": 128, "warmup": None, "grad_accum": 1, "eval_every": 0,
-    "save_every": 50, "seed": 0, "embeddings": False,
+    "r": None, "alpha": None, "dropout": None, "targets": None, "reduction_factor": None,
+    "non_linearity": None, "set": {}, "steps": 150, "lr": 1e-2, "batch_size": 16,
+    "block_size": 128, "warmup": None, "grad_accum": 1, "eval_every": 0, "save_every": 50,
+    "seed": 0, "embeddings": False,
 }  # fmt: skip
+# A method's job defaults where they differ from its config's (LoRA: alpha 16 = 2r).
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"lora": {"r": 8, "alpha": 16.0}}
 TASK_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("docstrings", "lora"): {},
     ("docstrings", "full"): {"lr": 1e-3},
     ("docstring-topic", "lora"): {"lr": 1e-3, "steps": 300, "embeddings": True},
     ("docstring-topic", "full"): {"lr": 1e-3, "steps": 300},
+    ("docstring-topic", "*"): {"lr": 1e-3, "steps": 300},  # any other PEFT method
 }
 
 Batches = Callable[[int, int], Iterator[dict[str, Any]]]
@@ -158,7 +177,8 @@ def resolve_settings(task: str, method: str, given: dict[str, Any]) -> dict[str,
     """Defaults, then the task's, then what was given explicitly (None = not given)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; this version supports: {list(METHODS)}")
-    settings = {**BASE_DEFAULTS, **TASK_DEFAULTS.get((task, method), {})}
+    by_task = TASK_DEFAULTS.get((task, method), TASK_DEFAULTS.get((task, "*"), {}))
+    settings = {**BASE_DEFAULTS, **METHOD_DEFAULTS.get(method, {}), **by_task}
     settings.update({k: v for k, v in given.items() if v is not None})
     return settings
 
@@ -173,25 +193,50 @@ def _train_config(s: dict[str, Any], **kw: Any) -> TrainConfig:
 
 def _check_settings(s: dict[str, Any]) -> None:
     _train_config(s, progress=False)
-    for name in ("r", "batch_size", "block_size"):
+    for name in ("batch_size", "block_size"):
         if not isinstance(s[name], int) or isinstance(s[name], bool) or s[name] < 1:
             raise ValueError(f"{name}: expected an integer >= 1, found {s[name]!r}")
-    if not (isinstance(s["alpha"], (int, float)) and s["alpha"] > 0):
+    alpha = s.get("alpha")
+    if alpha is not None and not (isinstance(alpha, (int, float)) and alpha > 0):
         raise ValueError(
             f"alpha: expected a number > 0 (LoRA scales its update by alpha/r, so alpha=0 "
-            f"trains nothing), found {s['alpha']!r}"
+            f"trains nothing), found {alpha!r}"
         )
 
 
-def _lora_targets(model: Module, settings: dict[str, Any]) -> list[str] | str | None:
-    targets = settings["targets"]
+def build_peft_config(method: str, settings: dict[str, Any], model: Module | None = None,
+                      task_kind: str = "causal_lm") -> PeftConfig:  # fmt: skip
+    """The registered config of ``method`` from its defaults, the short flags and the
+    ``set`` field overrides; a flag or field the method does not have is an error naming it.
+    ``embeddings`` (with no targets given) adds the model's input embedding to the method's
+    default targets."""
+    cls = type(preset(method))
+    names = {f.name for f in fields(cls) if f.init}
+    values: dict[str, Any] = dict(settings.get("set") or {})
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"--set {unknown[0]}: {cls.__name__} has no field {unknown[0]!r}; "
+                         f"its fields: {', '.join(sorted(names))}")  # fmt: skip
+    for flag, candidates in SHORT_FLAGS.items():
+        if settings.get(flag) is None:
+            continue
+        field_name = next((c for c in candidates if c in names), None)
+        if field_name is None:
+            flag_name = flag.replace("_", "-")
+            raise ValueError(f"--{flag_name}: method {method!r} has no such setting "
+                             f"({cls.__name__} has no {' or '.join(candidates)})")  # fmt: skip
+        if field_name in values and values[field_name] != settings[flag]:
+            raise ValueError(f"--{flag.replace('_', '-')} and --set {field_name}=... disagree")
+        values[field_name] = settings[flag]
+    targets = values.get("target_modules")
     if isinstance(targets, (list, tuple)) and list(targets) == ["all-linear"]:
-        return "all-linear"
-    if targets is None and settings["embeddings"]:
-        model_type = model.config.model_type
+        values["target_modules"] = "all-linear"
+    if settings.get("embeddings") and "target_modules" in names and targets is None and model:
         embed = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
-        return [*default_target_modules("LORA", model_type), embed.rsplit(".", 1)[-1]]
-    return targets
+        defaults = method_for(cls).default_target_modules(model.config.model_type)
+        values["target_modules"] = [*defaults, embed.rsplit(".", 1)[-1]]
+    task = TaskType.SEQ_CLS if task_kind == "seq_cls" else TaskType.CAUSAL_LM
+    return preset(method, task_type=task, **values)
 
 
 def finetune(
@@ -203,6 +248,9 @@ def finetune(
     alpha: float | None = None,
     dropout: float | None = None,
     targets: list[str] | str | None = None,
+    reduction_factor: float | None = None,
+    non_linearity: str | None = None,
+    overrides: dict[str, Any] | None = None,
     steps: int | None = None,
     lr: float | None = None,
     batch_size: int | None = None,
@@ -224,9 +272,12 @@ def finetune(
     the cached base, the task: docstrings, the method: lora, ``out``: runs/<method>-<task>).
     ``resume`` continues the unfinished run in ``out`` bit for bit; ``overwrite`` replaces what
     ``out`` holds. Ctrl-C raises :class:`~minipeft.train.TrainingInterrupted` after saving a
-    checkpoint.
+    checkpoint. ``overrides`` sets fields of the method's config by name (``{"r": 16}``); the
+    short arguments (``r``, ``alpha``, ``reduction_factor``, ...) set the field of that meaning.
     """
-    given = {"r": r, "alpha": alpha, "dropout": dropout, "targets": targets, "steps": steps,
+    given = {"r": r, "alpha": alpha, "dropout": dropout, "targets": targets,
+             "reduction_factor": reduction_factor, "non_linearity": non_linearity,
+             "set": dict(overrides) if overrides else None, "steps": steps,
              "lr": lr, "batch_size": batch_size, "block_size": block_size, "warmup": warmup,
              "grad_accum": grad_accum, "eval_every": eval_every, "save_every": save_every,
              "seed": seed}  # fmt: skip
@@ -245,6 +296,8 @@ def finetune(
         get_task(task)  # an unknown task fails before anything is written
         fresh = resolve_settings(task, method, given)
         _check_settings(fresh)
+        if method != "full":  # a bad method setting fails before anything is written
+            build_peft_config(method, fresh, None, get_task(task).kind)
         fresh = {"model": os.fspath(model_path or default_base_dir()), "task": task,
                  "method": method, **fresh}  # fmt: skip
         settings = prepare_run("finetune", out_dir, {"the base model": fresh["model"]}, fresh,
@@ -259,12 +312,8 @@ def finetune(
     data = task_data(the_task, tokenizer, block_size, settings["batch_size"])
     model = load_base(model_path, the_task, tokenizer, device, settings["seed"])
     before = evaluate(model, data.test(settings["seed"], 0), device)
-    if method == "lora":
-        config = LoraConfig(
-            r=settings["r"], lora_alpha=settings["alpha"], lora_dropout=settings["dropout"],
-            target_modules=_lora_targets(model, settings),
-            task_type=TaskType.SEQ_CLS if the_task.kind == "seq_cls" else TaskType.CAUSAL_LM,
-        )  # fmt: skip
+    if method != "full":
+        config = build_peft_config(method, settings, model, the_task.kind)
         trained: Module = get_peft_model(model, config)
         fingerprint = trained.base_fingerprint  # taken before injection, as saved adapters do
         trainable, total = trained.get_nb_trainable_parameters()
@@ -277,7 +326,7 @@ def finetune(
         f"trainable%: {100 * trainable / total:.4f}")  # fmt: skip
     result = Trainer(trained, cfg, data.train, data.test).train(resume=resume)
     after = result.metrics  # the Trainer evaluates after its last step
-    if method == "lora":
+    if method != "full":
         trained.save_pretrained(out_dir)
     else:
         with atomic_folder(out_dir, keep=lambda name: name not in TOKENIZER_FILES) as tmp:

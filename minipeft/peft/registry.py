@@ -94,10 +94,14 @@ def register_peft_method(
             f"peft_type {peft_type.value} is already registered to "
             f"{known.config_class.__name__}; cannot register {config_class.__name__}"
         )
-    taken = {name: m for m in _METHODS.values() if m.peft_type is not peft_type for name in m.presets}
+    taken = {
+        name: m for m in _METHODS.values() if m.peft_type is not peft_type for name in m.presets
+    }
     for name in presets or {}:
         if name in taken:
-            raise ValueError(f"method name {name!r} is already used by {taken[name].peft_type.value}")
+            raise ValueError(
+                f"method name {name!r} is already used by {taken[name].peft_type.value}"
+            )
     method = PeftMethod(
         peft_type=peft_type,
         config_class=config_class,

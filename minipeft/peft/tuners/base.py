@@ -488,7 +488,7 @@ class BaseTuner(Module):
                             prefixes=(self.prefix,))  # fmt: skip
 
     def from_disk_keys(self, tensors: dict[str, Any], adapter_name: str,
-                       shapes: dict[str, tuple[int, ...]], source: Any) -> dict[str, Any]:  # fmt: skip
+                       shapes: dict[str, Any], source: Any) -> dict[str, Any]:  # fmt: skip
         """Check on-disk ``tensors`` against the model's ``shapes`` (PeftModel state-dict keys)
         and return them under in-memory keys; one error lists every mismatch."""
         config = self.peft_config[adapter_name]

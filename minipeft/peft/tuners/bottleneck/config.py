@@ -10,13 +10,13 @@ two-layer MLP inserted where a Transformer sub-block joins the residual stream:
 ``ParBnConfig``; old names "pfeiffer", "houlsby", "parallel" are accepted), and every field the
 preset sets can be overridden:
 
-=================  ==========================  =================  ==========  =======  ==============
-adapter_type       where                       reduction_factor   activation  scaling  init_weights
-=================  ==========================  =================  ==========  =======  ==============
-``seq_bn``         after the MLP               16                 relu        1.0      "bert"
-``double_seq_bn``  after attention and the MLP 16                 swish       1.0      "bert"
-``par_bn``         beside the MLP              2                  relu        4.0      "mam_adapter"
-=================  ==========================  =================  ==========  =======  ==============
+=================  ==========================  ===  ======  ===  =============
+adapter_type       where                       C/m  act     s    init_weights
+=================  ==========================  ===  ======  ===  =============
+``seq_bn``         after the MLP               16   relu    1.0  "bert"
+``double_seq_bn``  after attention and the MLP 16   swish   1.0  "bert"
+``par_bn``         beside the MLP              2    relu    4.0  "mam_adapter"
+=================  ==========================  ===  ======  ===  =============
 
 Fields left as None take the preset's value in ``__post_init__``, so a config always holds
 concrete values. Field names are AdapterHub's, so its JSON maps onto them one to one (the files
@@ -108,8 +108,8 @@ class AdapterConfig(PeftConfig):
     dropout: float = 0.0
     phm_layer: bool = False
     phm_dim: int = 4
-    factorized_phm_W: bool | None = True
-    shared_W_phm: bool | None = False
+    factorized_phm_W: bool | None = True  # noqa: N815 (AdapterHub's field name)
+    shared_W_phm: bool | None = False  # noqa: N815
     shared_phm_rule: bool | None = True
     factorized_phm_rule: bool | None = False
     phm_c_init: str | None = "normal"

@@ -3,7 +3,8 @@
     <folder>/adapter_config.json   {"config": {BnConfig fields}, "hidden_size": C,
                                     "model_class": ..., "model_name": ..., "model_type": ...,
                                     "name": <adapter>, "version": "adapters.1.3.0"}
-    <folder>/adapter.safetensors   transformer.h.0.output_adapters.adapters.<adapter>.adapter_down.0.weight, ...
+    <folder>/adapter.safetensors   transformer.h.0.output_adapters.adapters.<adapter>.
+                                   adapter_down.0.weight, ... (AdapterHub's keys)
 
 so ``model.load_adapter(folder, use_safetensors=True)`` in AdapterHub reads what is saved here,
 and the other way round. Keys differ from the in-memory ones in two places only: the site name
@@ -86,7 +87,9 @@ def _adapter_type(config: dict[str, Any]) -> str:
     """AdapterHub's files record fields, not the preset; name the closest one."""
     if config.get("is_parallel"):
         return "par_bn"
-    return "double_seq_bn" if config.get("mh_adapter") and config.get("output_adapter") else "seq_bn"
+    return (
+        "double_seq_bn" if config.get("mh_adapter") and config.get("output_adapter") else "seq_bn"
+    )
 
 
 class AdapterHubFiles(AdapterFiles):
@@ -122,8 +125,8 @@ class AdapterHubFiles(AdapterFiles):
         config = AdapterConfig(adapter_type=own.get("adapter_type") or _adapter_type(hub),
                                **values)  # fmt: skip
         config.hub_model = {
-            k: data.get(k) for k in ("hidden_size", "model_class", "model_name", "model_type",
-                                     "name")  # fmt: skip
+            k: data.get(k)
+            for k in ("hidden_size", "model_class", "model_name", "model_type", "name")  # fmt: skip
         }
         return config
 

@@ -86,6 +86,12 @@ class BottleneckModel(BaseTuner):
     def _check_target(self, name: str, module: Module, config: AdapterConfig) -> None:
         hidden = hidden_size_of(self.model)
         recorded = getattr(config, "hub_model", {}) or {}
+        made_for, this = recorded.get("model_type"), model_type_of(self.model)
+        if made_for and this and made_for != this:
+            raise ValueError(
+                f"the adapter was made for a {made_for} model ({recorded.get('model_class')}); "
+                f"this is a {this} model ({type(self.model).__name__}), whose blocks differ"
+            )
         if recorded.get("hidden_size") not in (None, hidden):
             raise ValueError(
                 f"the adapter was made for a model with hidden size {recorded['hidden_size']} "
@@ -122,7 +128,7 @@ class BottleneckModel(BaseTuner):
         return to_hub_keys(state_dict, adapter_name, ln_before=ln_before)
 
     def from_disk_keys(self, tensors: dict[str, Any], adapter_name: str,
-                       shapes: dict[str, tuple[int, ...]], source: Any) -> dict[str, Any]:  # fmt: skip
+                       shapes: dict[str, Any], source: Any) -> dict[str, Any]:  # fmt: skip
         config = self.peft_config[adapter_name]
         saved_as = (getattr(config, "hub_model", None) or {}).get("name") or adapter_name
         renamed = from_hub_keys(tensors, saved_as, adapter_name)

@@ -94,7 +94,7 @@ class LoraModel(BaseTuner):
     shape_hints = staticmethod(lora_shape_hints)
 
     def from_disk_keys(self, tensors: dict[str, Any], adapter_name: str,
-                       shapes: dict[str, tuple[int, ...]], source: Any) -> dict[str, Any]:  # fmt: skip
+                       shapes: dict[str, Any], source: Any) -> dict[str, Any]:  # fmt: skip
         # PEFT also saves the whole table of a targeted embedding named like a vocabulary
         # layer (save_embedding_layers="auto", for resized vocabularies): load it into the base.
         tables = {
