@@ -37,9 +37,9 @@ def _model_dir(path: str | None, adapter: str | None = None) -> str:
     """The base model folder: ``--model``, else the adapter's recorded local base, else the
     cache; a missing folder is an error that says what to do."""
     if path is None and adapter is not None:
-        from .peft import PeftConfig  # noqa: PLC0415
+        from .peft.adapter_io import read_adapter_config  # noqa: PLC0415
 
-        recorded = getattr(PeftConfig.from_pretrained(adapter), "base_model_name_or_path", None)
+        recorded = getattr(read_adapter_config(adapter), "base_model_name_or_path", None)
         if recorded and (Path(recorded) / "config.json").is_file():
             return recorded
     if path is None:
@@ -113,9 +113,10 @@ def _sampling(args: argparse.Namespace) -> tuple[bool, float]:
 
 def _check_causal_lm_adapter(adapter: str) -> None:
     """Fail early, and say why, when an adapter was trained for another head than an LM's."""
-    from .peft import PeftConfig, TaskType  # noqa: PLC0415
+    from .peft import TaskType  # noqa: PLC0415
+    from .peft.adapter_io import read_adapter_config  # noqa: PLC0415
 
-    task = PeftConfig.from_pretrained(adapter).task_type
+    task = read_adapter_config(adapter).task_type
     task = getattr(task, "value", task)
     if task not in (None, TaskType.CAUSAL_LM.value):
         kind = " (classification: use minipeft predict)" if task == TaskType.SEQ_CLS.value else ""

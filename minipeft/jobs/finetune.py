@@ -225,9 +225,7 @@ def build_peft_config(method: str, settings: dict[str, Any], model: Module | Non
             flag_name = flag.replace("_", "-")
             raise ValueError(f"--{flag_name}: method {method!r} has no such setting "
                              f"({cls.__name__} has no {' or '.join(candidates)})")  # fmt: skip
-        if field_name in values and values[field_name] != settings[flag]:
-            raise ValueError(f"--{flag.replace('_', '-')} and --set {field_name}=... disagree")
-        values[field_name] = settings[flag]
+        values.setdefault(field_name, settings[flag])  # --set wins over flags and defaults
     targets = values.get("target_modules")
     if isinstance(targets, (list, tuple)) and list(targets) == ["all-linear"]:
         values["target_modules"] = "all-linear"

@@ -44,6 +44,7 @@ __all__ = [
     "check_adapter_keys",
     "from_peft_keys",
     "load_adapter_files",
+    "read_adapter_config",
     "remove_adapter_name",
     "save_adapter",
     "to_peft_keys",
@@ -334,6 +335,13 @@ def _adapter_path(folder: str | os.PathLike, adapter_name: str) -> str:
             f"{path}: expected {CONFIG_NAME} (an adapter folder), found files {present}"
         )
     return path
+
+
+def read_adapter_config(folder: str | os.PathLike, adapter_name: str = "default") -> PeftConfig:
+    """The config of the adapter in ``folder`` (PEFT's or AdapterHub's), without its weights."""
+    path = _adapter_path(folder, adapter_name)
+    layout, data = _detect(path)
+    return layout.read_config(data, path)
 
 
 def load_adapter_files(

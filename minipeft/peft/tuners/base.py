@@ -31,6 +31,7 @@ from ...nn import Module
 from ..adapter_io import check_adapter_keys, from_peft_keys, to_peft_keys
 from ..config import PeftConfig, resolve_target_modules
 from ..matching import find_targets, is_module_to_save
+from ..registry import parameter_prefixes
 from ..modules_to_save import ModulesToSaveWrapper
 
 __all__ = [
@@ -359,9 +360,12 @@ class BaseTuner(Module):
         return names
 
     def _mark_only_adapters_as_trainable(self, config: Any) -> None:
-        """Freezing is a name filter: adapter parameters carry the method's prefix."""
+        """Freezing is a name filter: adapter parameters carry their method's prefix. Every
+        method's prefix is spared, so a second tuner on the model (LoRA beside a bottleneck
+        adapter) leaves the first one's adapters as they were."""
+        spared = (*parameter_prefixes(), self.prefix, ".modules_to_save.")
         for name, p in self.model.named_parameters():
-            if self.prefix not in name and ".modules_to_save." not in name:
+            if not any(marker in name for marker in spared):
                 p.requires_grad_(False)
         self._mark_trainable_extras(config)
 
@@ -401,6 +405,11 @@ class BaseTuner(Module):
                     module.set_adapter(owned[-1] if owned else None)  # None: the original
             else:
                 module.set_adapter(names)
+        # An adapter loaded for inference stays frozen when activated.
+        frozen = [n for n in names if getattr(self.peft_config[n], "inference_mode", False)]
+        for name, p in self.model.named_parameters():
+            if any(f".{n}." in name or name.endswith(f".{n}") for n in frozen):
+                p.requires_grad_(False)
         # An empty list: none active (an adapter added to a model whose others are another
         # method's starts so).
         self.active_adapter = names[0] if len(names) == 1 else names
