@@ -129,10 +129,8 @@ def _all_linear_targets(config: Any, linear_names: set[str] | None) -> list[str]
         # No output embedding: drop the first classification head found (PEFT issue 2027).
         drop = {next((h for h in SEQ_CLS_HEAD_NAMES if h in linear_names), "")}
 
-    def adapter_internal(name: str) -> bool:  # never nest adapters inside an adapter layer
-        return any(p == "base_layer" or p.startswith("lora_") for p in name.split("."))
-
-    return sorted(n for n in linear_names if n not in drop and not adapter_internal(n))
+    # (The tuner passes only names outside adapter layers: tuners.base.inside_adapter.)
+    return sorted(n for n in linear_names if n not in drop)
 
 
 def find_targets(

@@ -37,12 +37,14 @@ from ..modules_to_save import ModulesToSaveWrapper
 __all__ = [
     "BaseTuner",
     "BaseTunerLayer",
+    "check_finite",
     "get_base_weight",
     "has_sizes_and_weight",
     "inside_adapter",
     "is_embedding",
     "is_linear",
     "model_type_of",
+    "restore_modules",
     "set_base_weight",
 ]
 
@@ -115,8 +117,15 @@ def set_base_weight(layer: Module, value: Any) -> None:
     weight[...] = value
 
 
-def _all_finite(array: Any) -> bool:
-    return bool(xp_of(array).isfinite(array).all())
+def check_finite(weight: Any, bias: Any, adapter_names: list[str]) -> None:
+    """The safe-merge check: a merged weight (and bias) with a NaN or inf means a broken
+    adapter; raise before anything is written."""
+    arrays = [weight] if bias is None else [weight, bias]
+    if not all(bool(xp_of(a).isfinite(a).all()) for a in arrays):
+        raise ValueError(
+            f"NaNs or infs detected in the merged weights of adapter "
+            f"{', '.join(map(repr, adapter_names))}: the adapter seems broken; nothing was merged"
+        )
 
 
 # ---------------------------------------------------------------------- layers
@@ -220,12 +229,8 @@ class BaseTunerLayer(Module):
             return
         with no_grad():
             weight, bias = self.merged_arrays(todo)
-            if safe_merge and not (_all_finite(weight) and (bias is None or _all_finite(bias))):
-                raise ValueError(
-                    f"NaNs or infs detected in the merged weights of adapter "
-                    f"{', '.join(map(repr, todo))}: "
-                    "the adapter seems broken; nothing was merged"
-                )
+            if safe_merge:
+                check_finite(weight, bias, todo)
             set_base_weight(self.base_layer, weight)
             if bias is not None:
                 self.base_layer.bias.data[...] = bias
@@ -451,12 +456,7 @@ class BaseTuner(Module):
         if safe_merge:  # check every layer before touching any
             with no_grad():
                 for layer in layers:
-                    weight, bias = layer.merged_arrays()
-                    if not (_all_finite(weight) and (bias is None or _all_finite(bias))):
-                        raise ValueError(
-                            f"NaNs or infs detected in the merged weights of adapter "
-                            f"{self.active_adapter!r}: the adapter seems broken; nothing was merged"
-                        )
+                    check_finite(*layer.merged_arrays(), layer.active_adapters)
         for layer in layers:
             layer.merge(safe_merge=safe_merge)
 
