@@ -59,7 +59,8 @@ def gpt2(n_embd: int = 32, n_layer: int = 2, seed: int = 0) -> GPT2LMHeadModel:
 
 def llama(seed: int = 0) -> LlamaForCausalLM:
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)  # fmt: skip
+                      num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=16)  # fmt: skip
     return LlamaForCausalLM(cfg, seed=seed).eval()
 
 
@@ -183,7 +184,8 @@ def test_an_adapter_for_another_architecture_is_refused(tmp_path):
     with pytest.raises(ValueError, match="made for a llama model.*this is a gpt2 model"):
         PeftModel.from_pretrained(gpt2(), tmp_path)
     (tmp_path / "adapter_config.json").write_text(  # without the record: the keys tell
-        (tmp_path / "adapter_config.json").read_text().replace('"llama"', "null"))
+        (tmp_path / "adapter_config.json").read_text().replace('"llama"', "null")
+    )
     with pytest.raises(ValueError, match=r"missing keys(.|\n)*transformer.h.0.output_adapters"):
         PeftModel.from_pretrained(gpt2(), tmp_path)
 

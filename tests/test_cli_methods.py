@@ -55,7 +55,9 @@ def test_every_method_trains_saves_and_generates(method, work, base, capsys):
     if method in WEIGHT_FILES:
         assert config["peft_type"] == method.upper()
     else:
-        assert config["version"] == "adapters.1.3.0" and config["minipeft"]["adapter_type"] == method
+        assert (
+            config["version"] == "adapters.1.3.0" and config["minipeft"]["adapter_type"] == method
+        )
     gen = ["generate", "--model", str(base), "--adapter", str(out), "--prompt", "def f(x):",
            "--max-new-tokens", "4"]  # fmt: skip
     assert main(gen) == 0

@@ -32,9 +32,9 @@ from minipeft.peft.config import (
     get_pattern_key,
     supported_peft_types,
 )
+from minipeft.peft.matching import find_targets, is_target, layer_index, unmatched_pattern_keys
 from minipeft.peft.tuners.lora.config import LoraConfig
 from minipeft.peft.tuners.lora.model import lora_shape_hints
-from minipeft.peft.matching import find_targets, is_target, layer_index, unmatched_pattern_keys
 
 GPT2_NAMES = [
     "transformer",
@@ -683,7 +683,9 @@ def test_check_adapter_keys_hints_match_the_axis_that_differs():
     def message(found_shapes):
         with pytest.raises(ValueError) as info:
             check_adapter_keys(
-                expected, {k: np.zeros(s) for k, s in found_shapes.items()}, "ad",
+                expected,
+                {k: np.zeros(s) for k, s in found_shapes.items()},
+                "ad",
                 hints=lora_shape_hints,
             )
         return str(info.value)

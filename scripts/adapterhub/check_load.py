@@ -22,12 +22,11 @@ max absolute difference to EXPECTED[KEY] is <= --tol, 1 otherwise.
 import argparse
 import sys
 
+import adapters
 import torch
+from adapters.composition import Stack
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
-
-import adapters
-from adapters.composition import Stack
 
 
 def main(argv=None):

@@ -34,17 +34,15 @@ Check a fixture by re-loading it through AdapterHub with
 ``scripts/adapterhub/check_load.py``.
 """
 
-import json
 import shutil
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
 import adapters
+import torch
 from adapters import DoubleSeqBnConfig, ParBnConfig, SeqBnConfig
 from adapters.composition import Stack
+from safetensors.torch import save_file
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "adapterhub"
@@ -179,7 +177,7 @@ def make_arch(arch, arch_seed):
             diff = (val - ref["logits.base"]).abs().max().item()
             report[key] = diff
             assert diff > 1e-3, f"{arch}: {key} differs from base by only {diff}"
-    # no metadata: safetensors serialises the metadata map in random order (bytes would differ run to run)
+    # no metadata: safetensors writes the metadata map in random order (the bytes would differ)
     save_file(ref, str(arch_dir / "reference.safetensors"))
     print(f"[{arch}] |logits.base| max = {ref['logits.base'].abs().max().item():.4g}")
     for key, diff in report.items():

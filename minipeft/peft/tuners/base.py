@@ -31,8 +31,8 @@ from ...nn import Module
 from ..adapter_io import check_adapter_keys, from_peft_keys, to_peft_keys
 from ..config import PeftConfig, resolve_target_modules
 from ..matching import find_targets, is_module_to_save
-from ..registry import parameter_prefixes
 from ..modules_to_save import ModulesToSaveWrapper
+from ..registry import parameter_prefixes
 
 __all__ = [
     "BaseTuner",
