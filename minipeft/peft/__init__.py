@@ -20,6 +20,7 @@ from .tuners.bottleneck import (
     SeqBnConfig,
     Stack,
 )
+from .tuners.ia3 import IA3Config, IA3Layer, IA3Model
 from .tuners.lora import LoraConfig, LoraEmbedding, LoraLayer, LoraModel
 
 __all__ = [
@@ -29,6 +30,9 @@ __all__ = [
     "BottleneckLayer",
     "BottleneckModel",
     "DoubleSeqBnConfig",
+    "IA3Config",
+    "IA3Layer",
+    "IA3Model",
     "LoraConfig",
     "LoraEmbedding",
     "LoraLayer",

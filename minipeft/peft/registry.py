@@ -40,7 +40,7 @@ __all__ = [
 # `minipeft.peft.config` was imported.
 _BUILTIN_METHODS = (
     "minipeft.peft.tuners.lora.config",
-    # TEMP-IA3 "minipeft.peft.tuners.ia3.config",
+    "minipeft.peft.tuners.ia3.config",
     "minipeft.peft.tuners.bottleneck.files",  # its config, and AdapterHub's file layout
 )
 _METHODS: dict[PeftType, PeftMethod] = {}

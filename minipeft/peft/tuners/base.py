@@ -27,7 +27,7 @@ from typing import Any
 
 from ...autograd import no_grad
 from ...backend import xp_of
-from ...nn import Module
+from ...nn import Linear, Module
 from ..adapter_io import check_adapter_keys, from_peft_keys, to_peft_keys
 from ..config import PeftConfig, resolve_target_modules
 from ..matching import find_targets, is_module_to_save
@@ -37,6 +37,7 @@ from ..registry import parameter_prefixes
 __all__ = [
     "BaseTuner",
     "BaseTunerLayer",
+    "adapter_factory",
     "check_finite",
     "get_base_weight",
     "has_sizes_and_weight",
@@ -46,6 +47,7 @@ __all__ = [
     "model_type_of",
     "restore_modules",
     "set_base_weight",
+    "weight_layout",
 ]
 
 
@@ -68,6 +70,27 @@ def is_linear(module: Any) -> bool:
 def is_embedding(module: Any) -> bool:
     """An embedding table: ``num_embeddings``, ``embedding_dim`` and a (V, C) ``weight``."""
     return has_sizes_and_weight(module, "num_embeddings", "embedding_dim")
+
+
+def weight_layout(base_layer: Module, fan_in_fan_out: bool) -> bool:
+    """Whether the base weight is stored (d_in, d_out) (HF's Conv1D), decided by the layer
+    type or the weight shape, else by the flag (warning when they disagree)."""
+    w_shape = tuple(base_layer.weight.shape)
+    d_in, d_out = base_layer.in_features, base_layer.out_features
+    if isinstance(base_layer, Linear):
+        layout = False  # a Linear stores W as (d_out, d_in), even when it is square
+    elif d_in != d_out and w_shape in ((d_in, d_out), (d_out, d_in)):
+        layout = w_shape == (d_in, d_out)
+    else:
+        layout = fan_in_fan_out  # square or packed weight: only the flag can tell
+    if layout != fan_in_fan_out:  # PEFT warns and fixes the same mistake
+        warnings.warn(
+            f"fan_in_fan_out={fan_in_fan_out} does not match the base layer "
+            f"{type(base_layer).__name__} with weight shape {w_shape}; "
+            f"setting fan_in_fan_out={layout}",
+            stacklevel=4,
+        )
+    return layout
 
 
 def model_type_of(model: Module) -> str | None:
@@ -128,6 +151,14 @@ def check_finite(weight: Any, bias: Any, adapter_names: list[str]) -> None:
         )
 
 
+def adapter_factory(weight: Any) -> dict[str, Any]:
+    """``device=`` / ``dtype=`` for adapter weights beside a base ``weight``: its device, its
+    dtype when a float of at least 32 bits, else float32."""
+    kind, size = weight.dtype.kind, weight.dtype.itemsize
+    return {"device": weight.device, "dtype": weight.dtype if kind == "f" and size >= 4
+            else "float32"}  # fmt: skip
+
+
 # ---------------------------------------------------------------------- layers
 class BaseTunerLayer(Module):
     """One wrapped base layer holding named adapters.
@@ -141,6 +172,11 @@ class BaseTunerLayer(Module):
 
     adapter_layer_names: tuple[str, ...] = ()
     other_param_names: tuple[str, ...] = ()
+
+    def _adapter_factory_kwargs(self) -> dict[str, Any]:
+        """Device and dtype of new adapter weights: the base weight's, but at least float32, so
+        a float16 base keeps float32 adapters (PEFT's ``autocast_adapter_dtype=True``)."""
+        return adapter_factory(self.base_layer.weight)
 
     def _init_adapter_state(self) -> None:
         self.merged_adapters: list[str] = []

@@ -21,7 +21,7 @@ from typing import Any
 from ....nn import Module
 from ...adapter_io import check_adapter_keys
 from ...matching import layer_index
-from ..base import BaseTuner, model_type_of
+from ..base import BaseTuner, adapter_factory, model_type_of
 from .config import AdapterConfig
 from .files import from_hub_keys, hub_key, to_hub_keys
 from .layer import BottleneckLayer, is_residual
@@ -112,9 +112,7 @@ class BottleneckModel(BaseTuner):
 
     def _factory(self) -> dict[str, Any]:
         """Adapters live on the model's device, in its dtype but at least float32."""
-        p = next(iter(self.model.parameters()))
-        dtype = p.dtype if p.dtype.kind == "f" and p.dtype.itemsize >= 4 else "float32"
-        return {"device": p.device, "dtype": dtype}
+        return adapter_factory(next(iter(self.model.parameters())))
 
     def check_mergeable(self) -> None:
         raise TypeError(

@@ -17,12 +17,11 @@ Shapes: x (..., d_in) → A x (..., r) → B A x (..., d_out).
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 from ....nn import Dropout, Identity, Linear, Module, ModuleDict
 from ....nn import init as nn_init
-from ..base import BaseTunerLayer, is_linear
+from ..base import BaseTunerLayer, is_linear, weight_layout
 
 __all__ = ["LoraLayer"]
 
@@ -52,24 +51,7 @@ class LoraLayer(BaseTunerLayer):
         self.base_layer = base_layer
         self.in_features = base_layer.in_features
         self.out_features = base_layer.out_features
-        w_shape = tuple(base_layer.weight.shape)
-        d_in, d_out = self.in_features, self.out_features
-        if isinstance(base_layer, Linear):
-            layout = False  # a Linear stores W as (d_out, d_in), even when it is square
-        elif d_in != d_out and w_shape in ((d_in, d_out), (d_out, d_in)):
-            layout = w_shape == (d_in, d_out)  # e.g. HF's Conv1D: (d_in, d_out)
-        else:
-            layout = fan_in_fan_out  # square or packed weight: only the flag can tell
-        if layout != fan_in_fan_out:
-            # PEFT warns and fixes the same mistake for nn.Linear and Conv1D.
-            warnings.warn(
-                f"fan_in_fan_out={fan_in_fan_out} does not match the base layer "
-                f"{type(base_layer).__name__} with weight shape {w_shape}; "
-                f"setting fan_in_fan_out={layout}",
-                stacklevel=3,
-            )
-            fan_in_fan_out = layout
-        self.fan_in_fan_out = fan_in_fan_out
+        self.fan_in_fan_out = weight_layout(base_layer, fan_in_fan_out)
         self.lora_A = ModuleDict()
         self.lora_B = ModuleDict()
         self.lora_dropout = ModuleDict()
@@ -104,13 +86,6 @@ class LoraLayer(BaseTunerLayer):
     def _check_rank(r: Any) -> None:
         if not isinstance(r, int) or r <= 0:
             raise ValueError(f"LoRA rank r must be a positive int, found {r!r}")
-
-    def _adapter_factory_kwargs(self) -> dict[str, Any]:
-        """Device and dtype of new adapter weights: the base weight's, but at least float32, so
-        a float16 base keeps float32 adapters (PEFT's ``autocast_adapter_dtype=True``)."""
-        w = self.base_layer.weight
-        dtype = w.dtype if w.dtype.kind == "f" and w.dtype.itemsize >= 4 else "float32"
-        return {"device": w.device, "dtype": dtype}
 
     def _finish_update(self, adapter_name: str, r: int, lora_alpha: float,
                        init_lora_weights: bool | str, use_rslora: bool) -> None:  # fmt: skip
