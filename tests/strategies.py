@@ -290,3 +290,30 @@ def lora_embedding_setups(draw: st.DrawFn) -> dict[str, Any]:
         "ids": draw(hnp.arrays(np.int64, shapes(1, 2, max_side=5), elements=st.integers(0, v - 1))),
         "seed": draw(st.integers(0, 2**16)),
     }
+
+
+# ---------------------------------------------------------------------------- IA3
+# feedforward_modules for a toy fc1 -> fc2 model, and the targets each one makes feed-forward.
+FEEDFORWARD = [
+    ([], set()),
+    (["fc1"], {"fc1"}),
+    (["fc2"], {"fc2"}),
+    (["fc1", "fc2"], {"fc1", "fc2"}),
+    ("fc2", {"fc2"}),
+    ("fc[12]", {"fc1", "fc2"}),
+]
+
+
+@st.composite
+def ia3_setups(draw: st.DrawFn) -> dict:
+    """Layer sizes, which targets are feed-forward, the fc2 layout, a dtype and a batch shape."""
+    feedforward, expected = draw(st.sampled_from(FEEDFORWARD))
+    return {
+        "dims": tuple(draw(st.integers(1, 6)) for _ in range(3)),
+        "conv": draw(st.booleans()),
+        "dtype": draw(st.sampled_from(["float32", "float64"])),
+        "feedforward": feedforward,
+        "expected_ff": expected,
+        "seed": draw(st.integers(0, 2**16)),
+        "batch": tuple(draw(st.lists(st.integers(1, 3), min_size=1, max_size=2))),  # (B[, T])
+    }

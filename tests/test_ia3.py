@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import ia3_setups
 
 import minipeft as mp
 from minipeft import nn
@@ -42,18 +43,10 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:fan_in_fan_out"),  # PEFT saves True for GPT-2's Conv1D
     pytest.mark.filterwarnings("ignore::FutureWarning"),  # transformers' deprecations
 ]
+
+
 # feedforward_modules choices for targets ["fc1", "fc2"], with the modules each makes
 # feed-forward: lists by PEFT's suffix rule, strings by re.fullmatch.
-FEEDFORWARD = [
-    ([], set()),
-    (["fc1"], {"fc1"}),
-    (["fc2"], {"fc2"}),
-    (["fc1", "fc2"], {"fc1", "fc2"}),
-    ("fc2", {"fc2"}),
-    ("fc[12]", {"fc1", "fc2"}),
-]
-
-
 class Conv1D(nn.Module):
     """Hugging Face GPT-2's Conv1D: ``y = x W + b`` with W stored (d_in, d_out)."""
 
@@ -93,21 +86,6 @@ class Toy(nn.Module):
 
     def forward(self, x: mp.Tensor) -> mp.Tensor:
         return self.head(self.fc2(self.fc1(x).tanh()))
-
-
-@st.composite
-def ia3_setups(draw: st.DrawFn) -> dict:
-    """Layer sizes, which targets are feed-forward, the fc2 layout, a dtype and a batch shape."""
-    feedforward, expected = draw(st.sampled_from(FEEDFORWARD))
-    return {
-        "dims": tuple(draw(st.integers(1, 6)) for _ in range(3)),
-        "conv": draw(st.booleans()),
-        "dtype": draw(st.sampled_from(["float32", "float64"])),
-        "feedforward": feedforward,
-        "expected_ff": expected,
-        "seed": draw(st.integers(0, 2**16)),
-        "batch": tuple(draw(st.lists(st.integers(1, 3), min_size=1, max_size=2))),  # (B[, T])
-    }
 
 
 def fixed(**overrides) -> dict:
