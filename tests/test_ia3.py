@@ -25,6 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import ia3_setups
+from toys import Toy
 
 import minipeft as mp
 from minipeft import nn
@@ -47,47 +48,6 @@ pytestmark = [
 
 # feedforward_modules choices for targets ["fc1", "fc2"], with the modules each makes
 # feed-forward: lists by PEFT's suffix rule, strings by re.fullmatch.
-class Conv1D(nn.Module):
-    """Hugging Face GPT-2's Conv1D: ``y = x W + b`` with W stored (d_in, d_out)."""
-
-    def __init__(self, weight: np.ndarray, bias: np.ndarray) -> None:
-        super().__init__()
-        self.in_features, self.out_features = weight.shape
-        self.weight = nn.Parameter(mp.tensor(weight))
-        self.bias = nn.Parameter(mp.tensor(bias))
-
-    def forward(self, x: mp.Tensor) -> mp.Tensor:
-        return x @ self.weight + self.bias
-
-
-class Toy(nn.Module):
-    """x (..., d_in) → fc1 → tanh → fc2 (Linear or Conv1D) → head (never targeted)."""
-
-    def __init__(
-        self, dims: tuple[int, int, int], dtype: str, conv: bool = False, seed: int = 0
-    ) -> None:
-        super().__init__()
-        d_in, d_hid, d_out = dims
-        rng = np.random.default_rng(seed)
-
-        def linear(n_in: int, n_out: int) -> nn.Linear:
-            layer = nn.Linear(n_in, n_out, dtype=dtype)
-            layer.weight.data[...] = rng.normal(size=(n_out, n_in))
-            layer.bias.data[...] = rng.normal(size=n_out)
-            return layer
-
-        self.fc1 = linear(d_in, d_hid)
-        if conv:
-            w, b = rng.normal(size=(d_hid, d_out)), rng.normal(size=d_out)
-            self.fc2 = Conv1D(w.astype(dtype), b.astype(dtype))
-        else:
-            self.fc2 = linear(d_hid, d_out)
-        self.head = linear(d_out, 2)
-
-    def forward(self, x: mp.Tensor) -> mp.Tensor:
-        return self.head(self.fc2(self.fc1(x).tanh()))
-
-
 def fixed(**overrides) -> dict:
     """One setup, for the tests that are not properties."""
     setup = {"dims": (3, 5, 4), "conv": False, "dtype": "float64", "feedforward": [], "seed": 0}
@@ -103,7 +63,9 @@ def build(setup: dict, device: str = "cpu", **overrides) -> tuple[Toy, PeftModel
     """(a fresh base model, a PEFT model around an identical copy) on ``device``."""
     args = (setup["dims"], setup["dtype"], setup["conv"], setup["seed"])
     config = config_of(setup, **overrides)
-    return Toy(*args).to(device), get_peft_model(Toy(*args).to(device), config)
+    return Toy(*args[0], *args[1:]).to(device), get_peft_model(
+        Toy(*args[0], *args[1:]).to(device), config
+    )
 
 
 def randomize(model: nn.Module, seed: int = 0) -> None:
@@ -304,7 +266,7 @@ def test_a_float16_base_keeps_float32_vectors() -> None:
 
 # ---------------------------------------------------------------------------- bad input
 def test_a_target_that_is_not_linear_is_refused_before_any_change() -> None:
-    model = Toy((3, 4, 5), "float32")
+    model = Toy(3, 4, 5, "float32")
     model.norm = nn.LayerNorm(5)
     flags = [p.requires_grad for p in model.parameters()]
     with pytest.raises(TypeError, match="'norm' is a LayerNorm; IA3 supports linear layers"):
@@ -318,7 +280,7 @@ def test_a_target_that_is_not_linear_is_refused_before_any_change() -> None:
 def test_targets_matching_nothing_are_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"target_modules \['nothing'\] matched none.*fc1"):
         get_peft_model(
-            Toy((3, 4, 5), "float32"), IA3Config(target_modules=["nothing"], feedforward_modules=[])
+            Toy(3, 4, 5, "float32"), IA3Config(target_modules=["nothing"], feedforward_modules=[])
         )
 
 
@@ -342,7 +304,7 @@ def test_config_errors_name_the_field() -> None:
 
 
 def test_a_model_without_defaults_needs_feedforward_modules() -> None:
-    model = Toy((3, 4, 5), "float32")
+    model = Toy(3, 4, 5, "float32")
     with pytest.raises(
         ValueError,
         match=r"IA3Config.feedforward_modules: expected a list of "
@@ -431,7 +393,7 @@ def test_save_writes_peft_s_files_and_loads_back_exactly(tmp_path) -> None:
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     assert set(saved) == PEFT_KEYS and saved["peft_type"] == "IA3"
     assert saved["feedforward_modules"] == ["fc2"] and saved["inference_mode"] is True
-    loaded = PeftModel.from_pretrained(Toy(setup["dims"], "float32", True, 4), tmp_path)
+    loaded = PeftModel.from_pretrained(Toy(*setup["dims"], "float32", True, 4), tmp_path)
     np.testing.assert_array_equal(out(loaded, x), expected)
     assert not any(p.requires_grad for p in loaded.parameters())  # inference_mode
     pm.load_adapter(tmp_path, "copy")  # the name on disk is only a label

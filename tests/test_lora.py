@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from toys import Toy
 
 import minipeft as mp
 from minipeft import nn
@@ -30,46 +31,6 @@ TOL = {"float32": 1e-4, "float64": 1e-10}
 # With a Conv1D fc2, fan_in_fan_out=True is also applied to the Linear fc1, which warns and fixes it
 # (PEFT does the same); test_fan_in_fan_out_mismatch_warns_and_is_corrected checks that warning.
 pytestmark = pytest.mark.filterwarnings("ignore:fan_in_fan_out=True does not match")
-
-
-class Conv1D(nn.Module):
-    """Hugging Face GPT-2's Conv1D: ``y = x W + b`` with W stored (d_in, d_out)."""
-
-    def __init__(self, weight: np.ndarray, bias: np.ndarray) -> None:
-        super().__init__()
-        self.in_features, self.out_features = weight.shape
-        self.weight = nn.Parameter(mp.tensor(weight))
-        self.bias = nn.Parameter(mp.tensor(bias))
-
-    def forward(self, x: mp.Tensor) -> mp.Tensor:
-        return x @ self.weight + self.bias
-
-
-class Toy(nn.Module):
-    """x (N, d_in) → fc1 → tanh → fc2 (Linear or Conv1D) → head (never targeted) → (N, 2)."""
-
-    def __init__(
-        self, d_in: int, d_hid: int, d_out: int, dtype: str, conv: bool = False, seed: int = 0
-    ) -> None:
-        super().__init__()
-        rng = np.random.default_rng(seed)
-
-        def linear(n_in: int, n_out: int) -> nn.Linear:
-            layer = nn.Linear(n_in, n_out, dtype=dtype)
-            layer.weight.data[...] = rng.normal(size=(n_out, n_in))
-            layer.bias.data[...] = rng.normal(size=n_out)
-            return layer
-
-        self.fc1 = linear(d_in, d_hid)
-        if conv:
-            w, b = rng.normal(size=(d_hid, d_out)), rng.normal(size=d_out)
-            self.fc2 = Conv1D(w.astype(dtype), b.astype(dtype))
-        else:
-            self.fc2 = linear(d_hid, d_out)
-        self.head = linear(d_out, 2)
-
-    def forward(self, x: mp.Tensor) -> mp.Tensor:
-        return self.head(self.fc2(self.fc1(x).tanh()))
 
 
 @st.composite

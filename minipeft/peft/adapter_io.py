@@ -20,7 +20,6 @@ content. Pure Python + host NumPy: no engine import.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -30,7 +29,7 @@ import numpy as np
 from safetensors.numpy import save
 
 from minipeft.fileio import atomic_write_bytes, load_safetensors, safetensors_metadata
-from minipeft.peft.config import CONFIG_NAME, PeftConfig
+from minipeft.peft.config import CONFIG_NAME, PeftConfig, read_json_object
 from minipeft.peft.matching import is_module_to_save
 
 __all__ = [
@@ -265,15 +264,7 @@ def file_format(name: str) -> AdapterFiles:
 def _detect(path: str) -> tuple[AdapterFiles, dict[str, Any]]:
     """The format of the ``adapter_config.json`` in ``path``, and its parsed content."""
     config_path = os.path.join(path, CONFIG_NAME)
-    with open(config_path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ValueError(
-                f"{config_path}: expected valid JSON, found a parse error ({exc})"
-            ) from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{config_path}: expected a JSON object, found {type(data).__name__}")
+    data = read_json_object(config_path)
     from minipeft.peft.registry import registered_methods  # noqa: PLC0415 (registers formats)
 
     registered_methods()

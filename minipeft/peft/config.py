@@ -36,6 +36,7 @@ __all__ = [
     "get_pattern_key",
     "is_finite",
     "is_int",
+    "read_json_object",
     "resolve_target_modules",
     "supported_peft_types",
 ]
@@ -120,6 +121,18 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file that must hold one object; a clear error otherwise."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: expected valid JSON, found a parse error ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def is_int(value: Any) -> bool:
@@ -309,16 +322,7 @@ class PeftConfig:
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"adapter config not found: expected a file at {path!r}")
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as exc:
-                raise ValueError(
-                    f"{path}: expected valid JSON, found a parse error ({exc})"
-                ) from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_object(path))
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, subfolder: str | None = None) -> PeftConfig:

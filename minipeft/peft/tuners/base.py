@@ -173,6 +173,17 @@ class BaseTunerLayer(Module):
     adapter_layer_names: tuple[str, ...] = ()
     other_param_names: tuple[str, ...] = ()
 
+    def _wrap_linear(self, base_layer: Module, method: str) -> None:
+        """Hold ``base_layer`` after checking the linear contract; copy its sizes."""
+        if not is_linear(base_layer):
+            raise TypeError(
+                f"{method} wraps linear layers (in_features, out_features, weight), found "
+                f"{type(base_layer).__name__}"
+            )
+        self.base_layer = base_layer
+        self.in_features = base_layer.in_features
+        self.out_features = base_layer.out_features
+
     def _adapter_factory_kwargs(self) -> dict[str, Any]:
         """Device and dtype of new adapter weights: the base weight's, but at least float32, so
         a float16 base keeps float32 adapters (PEFT's ``autocast_adapter_dtype=True``)."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from ....creation import ones, randn
 from ....nn import Module, Parameter, ParameterDict
-from ..base import BaseTunerLayer, is_linear, weight_layout
+from ..base import BaseTunerLayer, weight_layout
 
 __all__ = ["IA3Layer"]
 
@@ -41,14 +41,7 @@ class IA3Layer(BaseTunerLayer):
     def __init__(self, base_layer: Module, is_feedforward: bool = False,
                  fan_in_fan_out: bool = False) -> None:  # fmt: skip
         super().__init__()
-        if not is_linear(base_layer):
-            raise TypeError(
-                f"IA3 wraps linear layers (in_features, out_features, weight), found "
-                f"{type(base_layer).__name__}"
-            )
-        self.base_layer = base_layer
-        self.in_features = base_layer.in_features
-        self.out_features = base_layer.out_features
+        self._wrap_linear(base_layer, "IA3")
         self.is_feedforward = bool(is_feedforward)
         self.fan_in_fan_out = weight_layout(base_layer, fan_in_fan_out)
         self.ia3_l = ParameterDict()

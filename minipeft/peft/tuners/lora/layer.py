@@ -21,7 +21,7 @@ from typing import Any
 
 from ....nn import Dropout, Identity, Linear, Module, ModuleDict
 from ....nn import init as nn_init
-from ..base import BaseTunerLayer, is_linear, weight_layout
+from ..base import BaseTunerLayer, weight_layout
 
 __all__ = ["LoraLayer"]
 
@@ -43,14 +43,7 @@ class LoraLayer(BaseTunerLayer):
 
     def __init__(self, base_layer: Module, fan_in_fan_out: bool = False) -> None:
         super().__init__()
-        if not is_linear(base_layer):
-            raise TypeError(
-                f"LoRA wraps linear layers (in_features, out_features, weight), found "
-                f"{type(base_layer).__name__}"
-            )
-        self.base_layer = base_layer
-        self.in_features = base_layer.in_features
-        self.out_features = base_layer.out_features
+        self._wrap_linear(base_layer, "LoRA")
         self.fan_in_fan_out = weight_layout(base_layer, fan_in_fan_out)
         self.lora_A = ModuleDict()
         self.lora_B = ModuleDict()
