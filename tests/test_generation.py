@@ -185,3 +185,40 @@ def test_generate_checks_the_position_limit_before_decoding(arch, limit_name, mo
     assert "the prompt has 5 tokens and max_new_tokens is 60" in message
     assert f"65 tokens in all, more than the model's {limit_name} = 64" in message
     assert "at most 59 new tokens" in message
+
+
+# ---------------------------------------------------------------------------- a given past, embeds
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_a_given_past_is_context_every_step_attends_to(arch, use_cache):
+    model = make(arch)
+    ids = prompt()
+    whole = model.generate(ids, max_new_tokens=4).numpy()
+    with mp.no_grad():
+        past = model(input_ids=ids[:, :3], use_cache=True).past_key_values
+    rest = model.generate(ids[:, 3:], max_new_tokens=4, past_key_values=past, use_cache=use_cache)
+    np.testing.assert_array_equal(rest.numpy(), whole[:, 3:])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_inputs_embeds_of_the_prompt_give_the_same_tokens(arch, use_cache):
+    model = make(arch)
+    ids = prompt()
+    whole = model.generate(ids, max_new_tokens=4, use_cache=use_cache).numpy()
+    with mp.no_grad():
+        embeds = model.get_input_embeddings()(ids)
+    got = model.generate(ids, max_new_tokens=4, inputs_embeds=embeds, use_cache=use_cache)
+    np.testing.assert_array_equal(got.numpy(), whole)
+    only = model.generate(None, max_new_tokens=4, inputs_embeds=embeds, use_cache=use_cache)
+    np.testing.assert_array_equal(only.numpy(), whole[:, ids.shape[1] :])
+
+
+def test_a_past_counts_in_the_length_limit():
+    model = make("gpt2")
+    limit = model.config.n_positions
+    with mp.no_grad():
+        past = model(input_ids=np.ones((1, limit - 2), dtype=np.int64), use_cache=True)
+    with pytest.raises(ValueError, match=f"{limit - 1} tokens"):
+        model.generate(np.ones((1, 1), dtype=np.int64), max_new_tokens=2,
+                       past_key_values=past.past_key_values)  # fmt: skip

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..autograd import no_grad
 from ..backend import get_rng, xp_of
+from ..ops.api import cat
 from ..tensor import Tensor, int64
 
 __all__ = ["GenerationMixin", "top_k_filter", "top_p_filter"]
@@ -97,7 +98,7 @@ class GenerationMixin:
 
     def generate(
         self,
-        input_ids: Any,
+        input_ids: Any = None,
         max_new_tokens: int = 20,
         do_sample: bool = False,
         temperature: float = 1.0,
@@ -108,6 +109,8 @@ class GenerationMixin:
         attention_mask: Any = None,
         pad_token_id: int | None = None,
         use_cache: bool = True,
+        past_key_values: Any = None,
+        inputs_embeds: Tensor | None = None,
     ) -> Tensor:
         """Continue each row of ``input_ids`` (B, T) by up to ``max_new_tokens`` tokens.
 
@@ -118,25 +121,47 @@ class GenerationMixin:
         tokens only (HF's ``cumsum(mask) - 1``). ``seed`` fixes the sampling generator (else the
         device's global one). Runs under ``no_grad``; returns ids (B, T + new) int64.
 
+        ``past_key_values`` (L pairs (B, H_kv, T_past, D)) is a context every step attends to
+        (prefix tuning's learned prefix): it counts in the positions, so the prompt starts at
+        position T_past. ``inputs_embeds`` (B, T_e, C) replaces the prompt's embeddings on the
+        first step (prompt tuning's virtual tokens + the prompt); ``attention_mask`` then covers
+        T_e, and the returned ids are still ``input_ids`` (possibly (B, 0)) + the new tokens.
+
         Checked before decoding (a ValueError names the argument): max_new_tokens >= 0,
-        top_k >= 1, 0 < top_p <= 1, temperature > 0 when sampling, and T + max_new_tokens at
-        most the model's position limit (``n_positions`` / ``max_position_embeddings``).
+        top_k >= 1, 0 < top_p <= 1, temperature > 0 when sampling, and the whole context plus
+        max_new_tokens at most the model's position limit (``n_positions`` /
+        ``max_position_embeddings``).
         """
         _check_generation_args(max_new_tokens, do_sample, temperature, top_k, top_p)
         device = self.get_input_embeddings().weight.device
+        embeds = None if inputs_embeds is None else inputs_embeds.to(device)
+        if input_ids is None:
+            if embeds is None:
+                raise ValueError("generate: expected input_ids or inputs_embeds, found neither")
+            input_ids = Tensor(xp_of(embeds.data).zeros((embeds.shape[0], 0), dtype="int64"))
         ids = input_ids if isinstance(input_ids, Tensor) else Tensor(input_ids, device=device)
         ids = ids.to(device).to(int64)
         if ids.ndim != 2:
             raise ValueError(f"input_ids: expected shape (batch, seq_len), found {ids.shape}")
         xp = xp_of(ids.data)
-        B, T = ids.shape
-        self._check_length(T, max_new_tokens)
+        B = ids.shape[0]
+        if embeds is not None and (embeds.ndim != 3 or embeds.shape[0] != B):
+            raise ValueError(
+                f"inputs_embeds: expected shape ({B}, T_e, hidden), found {embeds.shape}"
+            )
+        t_past = 0 if past_key_values is None else int(past_key_values[0][0].shape[2])
+        t_first = ids.shape[1] if embeds is None else embeds.shape[1]
+        self._check_length(t_past + t_first, max_new_tokens)
         if attention_mask is None:
-            mask = xp.ones((B, T), dtype=ids.dtype)
+            first_mask = xp.ones((B, t_first), dtype=ids.dtype)
         else:
-            mask = Tensor(attention_mask, device=device).data.astype(ids.dtype)
-            if mask.shape != (B, T):
-                raise ValueError(f"attention_mask: expected shape {(B, T)}, found {mask.shape}")
+            first_mask = Tensor(attention_mask, device=device).data.astype(ids.dtype)
+            if first_mask.shape != (B, t_first):
+                raise ValueError(
+                    f"attention_mask: expected shape {(B, t_first)}, found {first_mask.shape}"
+                )
+        # One mask over every key: the given past (always attended), the first feed, new tokens.
+        mask = xp.concatenate([xp.ones((B, t_past), dtype=ids.dtype), first_mask], axis=1)
         eos = [] if eos_token_id is None else (
             [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
         )  # fmt: skip
@@ -146,23 +171,26 @@ class GenerationMixin:
             pad_token_id = eos[0] if eos else 0
         rng = get_rng(device, seed) if seed is not None else get_rng(device)
         seq = ids.data
+        n_prompt = seq.shape[1]
         alive = xp.ones(B, dtype=bool)
-        past = None
+        past = past_key_values
         with no_grad():
-            for _ in range(max_new_tokens):
+            for step in range(max_new_tokens):
                 positions = xp.cumsum(mask, axis=-1) - 1
                 positions = xp.where(mask == 0, 1, positions)  # HF: any valid id at padding
-                if use_cache and past is not None:
-                    feed, pos = seq[:, -1:], positions[:, -1:]
-                else:
-                    feed, pos = seq, positions
-                out = self(
-                    input_ids=Tensor(feed),
-                    attention_mask=Tensor(mask),
-                    past_key_values=past,
-                    use_cache=use_cache,
-                    position_ids=Tensor(pos),
-                )
+                feed: dict[str, Any] = {}
+                if use_cache and step > 0:
+                    feed["input_ids"], pos = Tensor(seq[:, -1:]), positions[:, -1:]
+                else:  # the whole context after the given past (again, without a cache)
+                    past = past_key_values
+                    pos = positions[:, t_past:]
+                    if embeds is None:
+                        feed["input_ids"] = Tensor(seq)
+                    else:
+                        new = self.get_input_embeddings()(Tensor(seq[:, n_prompt:]))
+                        feed["inputs_embeds"] = embeds if step == 0 else cat([embeds, new], 1)
+                out = self(**feed, attention_mask=Tensor(mask), past_key_values=past,
+                           use_cache=use_cache, position_ids=Tensor(pos))  # fmt: skip
                 past = out.past_key_values if use_cache else None
                 logits = out.logits[:, -1, :]  # (B, V): the next-token distribution
                 nxt = self._choose(logits, do_sample, temperature, top_k, top_p, rng)

@@ -20,12 +20,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..autograd import no_grad
-from ..backend import to_device, to_numpy
+from ..backend import to_device, to_numpy, xp_of
 from ..fileio import atomic_folder
-from ..nn import Module
+from ..nn import Module, ModuleDict
+from ..ops.api import cat
+from ..tensor import Tensor, int64
 from .adapter_io import adapter_metadata, load_adapter_files, save_adapter
 from .config import PeftConfig, TaskType
 from .matching import SEQ_CLS_HEAD_NAMES
+from .prompt_tuner import PromptTuner, is_prefix
 from .provenance import (
     FINGERPRINT_KEY,
     base_fingerprint,
@@ -36,7 +39,13 @@ from .provenance import (
 from .registry import PeftMethod, method_for
 from .tuners.base import BaseTuner, restore_modules
 
-__all__ = ["PeftModel", "get_peft_model"]
+__all__ = [
+    "PeftModel",
+    "PeftModelForCausalLM",
+    "PeftModelForSequenceClassification",
+    "get_peft_model",
+    "peft_model_class",
+]
 
 PREFIX = "base_model.model."
 
@@ -78,10 +87,20 @@ class PeftModel(Module):
             raise ValueError("task_type SEQ_CLS needs a model with a 'score' or 'classifier' head")
         # Recorded before injection, while the weights are the base's own (see provenance).
         self.base_fingerprint = base_fingerprint(model, getattr(config, "modules_to_save", None))
-        self.base_model = method.tuner_class()(model, config, adapter_name)
+        self.prompt_encoder = ModuleDict()  # prompt-learning encoders live here (PEFT's place)
+        self.base_model = self._make_tuner(method, model, config, adapter_name)
         # Every tuner on the model, first one included; a plain dict, so that the model's
         # parameters are registered once, under base_model.
         self.tuners: dict[str, BaseTuner] = {method.peft_type.value: self.base_model}
+
+    def _make_tuner(self, method: PeftMethod, model: Module, config: PeftConfig,
+                    adapter_name: str) -> Any:  # fmt: skip
+        """A weight-side tuner, or for a prompt-learning method a :class:`PromptTuner` whose
+        encoders go into ``self.prompt_encoder``."""
+        if config.is_prompt_learning:
+            return PromptTuner(model, config, adapter_name, self.prompt_encoder,
+                               method.tuner_class())  # fmt: skip
+        return method.tuner_class()(model, config, adapter_name)
 
     # ------------------------------------------------------------------ pass-through
     @property
@@ -111,11 +130,48 @@ class PeftModel(Module):
     def get_base_model(self) -> Module:
         return self.base_model.model
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.base_model.model(*args, **kwargs)
+    def _active_prompt(self) -> PromptTuner | None:
+        """The prompt-learning tuner whose adapter is active (at most one), else None."""
+        active = [t for t in self.tuners.values()
+                  if isinstance(t, PromptTuner) and t.active_config() is not None]  # fmt: skip
+        if len(active) > 1:
+            raise ValueError("two prompt-learning adapters are active; activate one of them")
+        return active[0] if active else None
 
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
-        return self.base_model.model.generate(*args, **kwargs)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The base model's forward; an active prompt adapter inserts its virtual tokens (or
+        its key/value prefix), extends ``attention_mask`` with ones and ``labels`` with -100."""
+        prompt = self._active_prompt()
+        if prompt is None:
+            return self.base_model.model(*args, **kwargs)
+        if args:
+            kwargs = {"input_ids": args[0], **kwargs}
+        return self.base_model.model(**prompt.prepare(kwargs))
+
+    def generate(self, input_ids: Any = None, attention_mask: Any = None, **kwargs: Any) -> Any:
+        """The base model's ``generate`` (greedy, sampling, KV cache), with an active prompt
+        adapter's virtual tokens as ``inputs_embeds`` or its prefix as ``past_key_values``;
+        returns the prompt's ids and the new ones (no virtual tokens)."""
+        model = self.get_base_model()
+        prompt = self._active_prompt()
+        if prompt is None:
+            return model.generate(input_ids, attention_mask=attention_mask, **kwargs)
+        device = model.get_input_embeddings().weight.device
+        ids = input_ids if isinstance(input_ids, Tensor) else Tensor(input_ids, device=device)
+        ids = ids.to(device).to(int64)
+        with no_grad():
+            learned = prompt.prompt(ids.shape[0])
+            if is_prefix(prompt.active_config()):
+                return model.generate(ids, attention_mask=attention_mask,
+                                      past_key_values=learned, **kwargs)  # fmt: skip
+            embeds = cat([learned, model.get_input_embeddings()(ids)], dim=1)
+            if attention_mask is not None:
+                mask = Tensor(attention_mask, device=device)
+                ones = Tensor(xp_of(mask.data).ones((ids.shape[0], learned.shape[1]),
+                              dtype=mask.dtype), device=device)  # fmt: skip
+                attention_mask = cat([ones, mask], dim=1)
+            return model.generate(ids, attention_mask=attention_mask, inputs_embeds=embeds,
+                                  **kwargs)  # fmt: skip
 
     def tuner_of(self, adapter_name: str) -> BaseTuner:
         """The tuner holding adapter ``adapter_name``."""
@@ -158,7 +214,7 @@ class PeftModel(Module):
         if key in self.tuners:
             self.tuners[key].inject_adapter(config, adapter_name)
             return
-        tuner = method.tuner_class()(self.get_base_model(), config, adapter_name)
+        tuner = self._make_tuner(method, self.get_base_model(), config, adapter_name)
         tuner.set_adapter([])  # inactive, like any added adapter
         self.tuners[key] = tuner
 
@@ -271,6 +327,8 @@ class PeftModel(Module):
         config.inference_mode = not is_trainable
         original = dict(model.named_modules())
         flags = [(p, p.requires_grad) for p in model.parameters()]
+        if cls is PeftModel:  # PEFT: the task class the adapter's task_type names
+            cls = peft_model_class(config)
         peft_model = cls(model, config, adapter_name)
         try:
             peft_model._load_adapter_tensors(tensors, adapter_name, model_id)
@@ -326,8 +384,28 @@ class PeftModel(Module):
                 target.data[...] = to_device(value.astype(target.dtype), target.device)
 
 
+class PeftModelForCausalLM(PeftModel):
+    """A PEFT model over a causal LM (``task_type="CAUSAL_LM"``), PEFT's class of that name."""
+
+
+class PeftModelForSequenceClassification(PeftModel):
+    """A PEFT model over a classifier (``task_type="SEQ_CLS"``); its head trains with it."""
+
+
+TASK_CLASSES: dict[str, type[PeftModel]] = {
+    TaskType.CAUSAL_LM.value: PeftModelForCausalLM,
+    TaskType.SEQ_CLS.value: PeftModelForSequenceClassification,
+}
+
+
+def peft_model_class(config: PeftConfig) -> type[PeftModel]:
+    """PEFT's choice of class by ``task_type`` (PeftModel when it has none of ours)."""
+    return TASK_CLASSES.get(_task(config) or "", PeftModel)
+
+
 def get_peft_model(
     model: Module, peft_config: PeftConfig, adapter_name: str = "default"
 ) -> PeftModel:
-    """Wrap ``model`` with a fresh adapter; only adapter parameters stay trainable."""
-    return PeftModel(model, peft_config, adapter_name)
+    """Wrap ``model`` with a fresh adapter; only adapter parameters stay trainable. The class
+    follows ``task_type`` (:class:`PeftModelForCausalLM`, ...)."""
+    return peft_model_class(peft_config)(model, peft_config, adapter_name)
