@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import __version__
 from . import cli_commands as commands
-from .peft.registry import preset_names
+from .peft.registry import COMBINATIONS, preset_names
 
 __all__ = ["main", "build_parser"]
 
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method",
         default=None,
-        choices=["full", *preset_names()],
+        choices=["full", *preset_names(), *COMBINATIONS],
         help="a PEFT method (saves an adapter; default lora) or full (saves a model)",
     )
     p.add_argument("--model", default=None, help="HF folder (default: the cached base model)")

@@ -36,7 +36,7 @@ from ..nn import Module
 from ..peft import PeftConfig, PeftModel, TaskType, get_peft_model
 from ..peft.adapter_io import adapter_metadata, load_adapter_files
 from ..peft.provenance import base_fingerprint, labels_from_metadata
-from ..peft.registry import method_for, preset, preset_names
+from ..peft.registry import COMBINATIONS, method_for, preset, preset_names
 from ..tasks import Task, get_task
 from ..tokenizer import Tokenizer
 from ..train import TrainConfig, Trainer, evaluate
@@ -44,8 +44,10 @@ from .runs import RUN_FILE, finish_run, prepare_run
 
 __all__ = [
     "METHODS",
+    "COMBINATIONS",
     "SHORT_FLAGS",
     "build_peft_config",
+    "build_peft_configs",
     "TASK_DEFAULTS",
     "FinetuneResult",
     "TaskData",
@@ -57,7 +59,7 @@ __all__ = [
     "task_data",
 ]
 
-METHODS = ("full", *preset_names())
+METHODS = ("full", *preset_names(), *COMBINATIONS)
 # Short flags and the config field each one sets, the first the method's config has.
 SHORT_FLAGS: dict[str, tuple[str, ...]] = {
     "r": ("r",),
@@ -204,6 +206,34 @@ def _check_settings(s: dict[str, Any]) -> None:
         )
 
 
+def build_peft_configs(method: str, settings: dict[str, Any], model: Module | None = None,
+                       task_kind: str = "causal_lm") -> list[tuple[str, PeftConfig]]:  # fmt: skip
+    """``[(adapter name, config)]``: one "default" adapter, or for a combination one per part
+    ("default" first, then each part by its method name). A short flag or ``--set`` field goes
+    to every part that has it, and must fit at least one."""
+    if method not in COMBINATIONS:
+        return [("default", build_peft_config(method, settings, model, task_kind))]
+    parts = COMBINATIONS[method]
+    fields_of = {part: {f.name for f in fields(type(preset(part))) if f.init} for part in parts}
+    given = dict(settings.get("set") or {})
+    flags = {flag: settings[flag] for flag in SHORT_FLAGS if settings.get(flag) is not None}
+    for key in given:
+        if not any(key in names for names in fields_of.values()):
+            raise ValueError(f"--set {key}: no part of {method!r} ({', '.join(parts)}) has it")
+    for flag in flags:
+        if not any(c in names for c in SHORT_FLAGS[flag] for names in fields_of.values()):
+            raise ValueError(f"--{flag.replace('_', '-')}: no part of {method!r} has it")
+    out = []
+    for i, part in enumerate(parts):
+        names = fields_of[part]
+        mine = {k: v for k, v in given.items() if k in names}
+        own_flags = {f: v for f, v in flags.items() if any(c in names for c in SHORT_FLAGS[f])}
+        part_settings = {**settings, **dict.fromkeys(SHORT_FLAGS), **own_flags, "set": mine}
+        config = build_peft_config(part, part_settings, model, task_kind)
+        out.append(("default" if i == 0 else part, config))
+    return out
+
+
 def build_peft_config(method: str, settings: dict[str, Any], model: Module | None = None,
                       task_kind: str = "causal_lm") -> PeftConfig:  # fmt: skip
     """The registered config of ``method`` from its defaults, the short flags and the
@@ -295,7 +325,7 @@ def finetune(
         fresh = resolve_settings(task, method, given)
         _check_settings(fresh)
         if method != "full":  # a bad method setting fails before anything is written
-            build_peft_config(method, fresh, None, get_task(task).kind)
+            build_peft_configs(method, fresh, None, get_task(task).kind)
         fresh = {"model": os.fspath(model_path or default_base_dir()), "task": task,
                  "method": method, **fresh}  # fmt: skip
         settings = prepare_run("finetune", out_dir, {"the base model": fresh["model"]}, fresh,
@@ -311,8 +341,11 @@ def finetune(
     model = load_base(model_path, the_task, tokenizer, device, settings["seed"])
     before = evaluate(model, data.test(settings["seed"], 0), device)
     if method != "full":
-        config = build_peft_config(method, settings, model, the_task.kind)
-        trained: Module = get_peft_model(model, config)
+        configs = build_peft_configs(method, settings, model, the_task.kind)
+        trained: Module = get_peft_model(model, configs[0][1])
+        for name, config in configs[1:]:  # a combination: its parts train together
+            trained.add_adapter(name, config)
+        trained.set_adapter([name for name, _ in configs])
         fingerprint = trained.base_fingerprint  # taken before injection, as saved adapters do
         trainable, total = trained.get_nb_trainable_parameters()
     else:
@@ -389,7 +422,18 @@ def load_for_inference(
     else:
         base = AutoModelForCausalLM.from_pretrained(model_path, device=device)
         kind = "causal_lm"
-    return PeftModel.from_pretrained(base, adapter, strict=strict), kind
+    peft_model = PeftModel.from_pretrained(base, adapter, strict=strict)
+    folder = Path(adapter)
+    others = sorted(p.name for p in folder.iterdir() if (p / "adapter_config.json").is_file())
+    combined = any(  # a combination's other parts are saved beside its first, and run with it
+        sorted(parts[1:]) == others and preset(parts[0]).peft_type == config.peft_type
+        for parts in COMBINATIONS.values()
+    )
+    if combined:
+        for name in others:
+            peft_model.load_adapter(folder / name, name)
+        peft_model.set_adapter(["default", *others])
+    return peft_model, kind
 
 
 def merge(model_path: str | os.PathLike[str], adapter: str | os.PathLike[str],

@@ -26,6 +26,7 @@ from typing import Any
 from minipeft.peft.config import PeftConfig, PeftType
 
 __all__ = [
+    "COMBINATIONS",
     "PeftMethod",
     "method_for",
     "parameter_prefixes",
@@ -44,6 +45,9 @@ _BUILTIN_METHODS = (
     "minipeft.peft.tuners.bottleneck.files",  # its config, and AdapterHub's file layout
 )
 _METHODS: dict[PeftType, PeftMethod] = {}
+# Methods that are several adapters trained together, named by their parts' method names.
+# MAM (He et al. 2021; AdapterHub's MAMConfig): prefix tuning + a parallel bottleneck adapter.
+COMBINATIONS: dict[str, tuple[str, ...]] = {"mam": ("prefix", "par_bn")}
 
 
 @dataclass(frozen=True)
