@@ -15,10 +15,9 @@ import pytest
 
 from minipeft.cli import main
 from minipeft.cli_commands import _field_overrides
-from minipeft.peft.registry import preset_names
+from minipeft.peft.registry import COMBINATIONS, preset, preset_names
 
-PEFT_METHODS = [m for m in preset_names() if m != "lora"]  # LoRA: tests/test_cli.py
-WEIGHT_FILES = {"ia3": "adapter_model.safetensors"}  # the others are AdapterHub's
+PEFT_METHODS = [m for m in preset_names() if m != "lora"] + list(COMBINATIONS)  # LoRA: test_cli
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +49,16 @@ def test_every_method_trains_saves_and_generates(method, work, base, capsys):
     assert main(argv) == 0
     said = capsys.readouterr().out
     assert "docstrings: loss" in said and "adapter saved to" in said
-    assert (out / WEIGHT_FILES.get(method, "adapter.safetensors")).is_file()
     config = json.loads((out / "adapter_config.json").read_text())
-    if method in WEIGHT_FILES:
-        assert config["peft_type"] == method.upper()
-    else:
-        assert (
-            config["version"] == "adapters.1.3.0" and config["minipeft"]["adapter_type"] == method
-        )
+    if "peft_type" in config:  # PEFT's files
+        assert config["peft_type"] == preset(COMBINATIONS.get(method, (method,))[0]).peft_type
+        assert (out / "adapter_model.safetensors").is_file()
+    else:  # AdapterHub's
+        assert config["version"] == "adapters.1.3.0"
+        assert config["minipeft"]["adapter_type"] == method
+        assert (out / "adapter.safetensors").is_file()
+    for part in COMBINATIONS.get(method, ())[1:]:  # the other parts, beside the first
+        assert (out / part / "adapter_config.json").is_file()
     gen = ["generate", "--model", str(base), "--adapter", str(out), "--prompt", "def f(x):",
            "--max-new-tokens", "4"]  # fmt: skip
     assert main(gen) == 0

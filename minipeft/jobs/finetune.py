@@ -336,7 +336,15 @@ def finetune(
     cfg = _train_config(settings, device=device, progress=progress, output_dir=os.fspath(out_dir))
     start = time.perf_counter()
     tokenizer = Tokenizer.from_pretrained(model_path)
-    block_size = min(settings["block_size"], load_config(model_path).max_position_embeddings)
+    # Virtual tokens (prompt and prefix tuning) take context positions: leave them room.
+    virtual = 0 if method == "full" else max(
+        (getattr(c, "num_virtual_tokens", 0) or 0 for _, c in
+         build_peft_configs(method, settings, None, the_task.kind)), default=0)  # fmt: skip
+    limit = load_config(model_path).max_position_embeddings - virtual
+    if limit < 2:
+        raise ValueError(f"num_virtual_tokens: expected fewer than {limit + virtual - 1} for this "
+                         f"model's {limit + virtual} positions, found {virtual}")  # fmt: skip
+    block_size = min(settings["block_size"], limit)
     data = task_data(the_task, tokenizer, block_size, settings["batch_size"])
     model = load_base(model_path, the_task, tokenizer, device, settings["seed"])
     before = evaluate(model, data.test(settings["seed"], 0), device)

@@ -111,6 +111,7 @@ class GenerationMixin:
         use_cache: bool = True,
         past_key_values: Any = None,
         inputs_embeds: Tensor | None = None,
+        positions_from_mask: bool = True,
     ) -> Tensor:
         """Continue each row of ``input_ids`` (B, T) by up to ``max_new_tokens`` tokens.
 
@@ -126,6 +127,8 @@ class GenerationMixin:
         position T_past. ``inputs_embeds`` (B, T_e, C) replaces the prompt's embeddings on the
         first step (prompt tuning's virtual tokens + the prompt); ``attention_mask`` then covers
         T_e, and the returned ids are still ``input_ids`` (possibly (B, 0)) + the new tokens.
+        ``positions_from_mask=False`` numbers every position 0, 1, 2, ... whatever the padding
+        (what PEFT's prompt tuning gets from transformers, which ignores position ids there).
 
         Checked before decoding (a ValueError names the argument): max_new_tokens >= 0,
         top_k >= 1, 0 < top_p <= 1, temperature > 0 when sampling, and the whole context plus
@@ -176,8 +179,11 @@ class GenerationMixin:
         past = past_key_values
         with no_grad():
             for step in range(max_new_tokens):
-                positions = xp.cumsum(mask, axis=-1) - 1
-                positions = xp.where(mask == 0, 1, positions)  # HF: any valid id at padding
+                if positions_from_mask:
+                    positions = xp.cumsum(mask, axis=-1) - 1
+                    positions = xp.where(mask == 0, 1, positions)  # HF: any valid id at padding
+                else:
+                    positions = xp.broadcast_to(xp.arange(mask.shape[1]), mask.shape)
                 feed: dict[str, Any] = {}
                 if use_cache and step > 0:
                     feed["input_ids"], pos = Tensor(seq[:, -1:]), positions[:, -1:]

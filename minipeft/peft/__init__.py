@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from .config import PeftConfig, PeftType, TaskType
 from .modules_to_save import ModulesToSaveWrapper
-from .peft_model import PeftModel, get_peft_model
+from .peft_model import (
+    PeftModel,
+    PeftModelForCausalLM,
+    PeftModelForSequenceClassification,
+    get_peft_model,
+)
 from .registry import PeftMethod, method_for, preset, preset_names, register_peft_method
 from .tuners.base import BaseTuner, BaseTunerLayer
 from .tuners.bottleneck import (
@@ -22,6 +27,9 @@ from .tuners.bottleneck import (
 )
 from .tuners.ia3 import IA3Config, IA3Layer, IA3Model
 from .tuners.lora import LoraConfig, LoraEmbedding, LoraLayer, LoraModel
+from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig
+from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
+from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 
 __all__ = [
     "AdapterConfig",
@@ -42,6 +50,15 @@ __all__ = [
     "PeftConfig",
     "PeftMethod",
     "PeftModel",
+    "PeftModelForCausalLM",
+    "PeftModelForSequenceClassification",
+    "PrefixEncoder",
+    "PrefixTuningConfig",
+    "PromptEmbedding",
+    "PromptEncoder",
+    "PromptEncoderConfig",
+    "PromptTuningConfig",
+    "PromptTuningInit",
     "PeftType",
     "SeqBnConfig",
     "Stack",

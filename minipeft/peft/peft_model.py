@@ -170,8 +170,9 @@ class PeftModel(Module):
                 ones = Tensor(xp_of(mask.data).ones((ids.shape[0], learned.shape[1]),
                               dtype=mask.dtype), device=device)  # fmt: skip
                 attention_mask = cat([ones, mask], dim=1)
+            # PEFT drops position ids here, so transformers numbers positions 0, 1, 2, ...
             return model.generate(ids, attention_mask=attention_mask, inputs_embeds=embeds,
-                                  **kwargs)  # fmt: skip
+                                  positions_from_mask=False, **kwargs)  # fmt: skip
 
     def tuner_of(self, adapter_name: str) -> BaseTuner:
         """The tuner holding adapter ``adapter_name``."""

@@ -19,6 +19,7 @@ adapter).
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any
 
@@ -28,7 +29,7 @@ from ..ops.api import cat
 from ..tensor import Tensor, int64
 from .config import PeftConfig, PeftType
 from .modules_to_save import ModulesToSaveWrapper
-from .tuners.base import restore_modules
+from .tuners.base import adapter_factory, restore_modules
 
 __all__ = ["PromptTuner", "is_prefix"]
 
@@ -81,12 +82,11 @@ class PromptTuner(Module):
 
     def _make_encoder(self, config: Any) -> Module:
         embeddings = self.model.get_input_embeddings()
-        try:
-            encoder = self.encoder_class(config, embeddings)
-        except TypeError:
-            encoder = self.encoder_class(config)
-        kw = {"device": embeddings.weight.device}
-        return encoder.to(**kw)
+        # Prompt tuning copies rows of the word embeddings at init; the others need only sizes.
+        takes_words = "word_embeddings" in inspect.signature(self.encoder_class).parameters
+        encoder = self.encoder_class(config, embeddings) if takes_words else self.encoder_class(
+            config)  # fmt: skip
+        return encoder.to(**adapter_factory(embeddings.weight))  # float32 at least
 
     def _modules_to_save(self, config: Any) -> list[str]:
         wanted = list(getattr(config, "modules_to_save", None) or [])

@@ -43,6 +43,9 @@ _BUILTIN_METHODS = (
     "minipeft.peft.tuners.lora.config",
     "minipeft.peft.tuners.ia3.config",
     "minipeft.peft.tuners.bottleneck.files",  # its config, and AdapterHub's file layout
+    "minipeft.peft.tuners.prompt_tuning.config",
+    "minipeft.peft.tuners.prefix_tuning.config",
+    "minipeft.peft.tuners.p_tuning.config",
 )
 _METHODS: dict[PeftType, PeftMethod] = {}
 # Methods that are several adapters trained together, named by their parts' method names.
