@@ -155,9 +155,16 @@ def folder_bytes(path: str | os.PathLike[str]) -> int:
 
 
 def result_bytes(path: str | os.PathLike[str]) -> int:
-    """Size of the saved result alone: the folder less the run's own files."""
+    """Size of the saved result alone: the folder (and a combination's part folders) less the
+    run's own files and its checkpoint."""
     skip = {RUN_FILE, "metrics.jsonl"}
-    return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file() and f.name not in skip)
+    total = 0
+    for f in Path(path).iterdir():
+        if f.is_file() and f.name not in skip:
+            total += f.stat().st_size
+        elif f.is_dir() and f.name != "checkpoint":
+            total += sum(g.stat().st_size for g in f.iterdir() if g.is_file())
+    return total
 
 
 @dataclass
