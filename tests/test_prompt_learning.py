@@ -243,3 +243,23 @@ def test_bad_prompt_settings_are_refused():
         pm(input_ids=IDS)  # 4 virtual + 5 real > 8
     with pytest.raises(ValueError, match="n_positions = 8"):
         pm.generate(IDS[:, :3], max_new_tokens=2)
+
+
+def test_a_text_init_equals_writing_that_text(tmp_path):
+    """Prompt tuning initialised from a text is, before training, the text itself written in
+    front of the input: same embeddings at the same positions, so the same logits."""
+    from pydoc_data.topics import topics
+
+    from minipeft.tokenizer import Tokenizer, train_bpe_tokenizer
+
+    corpus = [topics[k] for k in sorted(topics)[:20]]
+    train_bpe_tokenizer(corpus, vocab_size=300).save_pretrained(tmp_path)
+    text = "Return the topic of this text:"
+    text_ids = [int(i) for i in Tokenizer.from_pretrained(tmp_path)(text)["input_ids"]]
+    cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=300, n_positions=64, **NO_DROPOUT)
+    config = PromptTuningConfig(num_virtual_tokens=len(text_ids), prompt_tuning_init="TEXT",
+                                prompt_tuning_init_text=text,
+                                tokenizer_name_or_path=str(tmp_path))  # fmt: skip
+    pm = get_peft_model(GPT2LMHeadModel(cfg, seed=0).eval(), config)
+    written = np.concatenate([np.tile(text_ids, (2, 1)), IDS], axis=1)
+    np.testing.assert_array_equal(logits(pm), logits(GPT2LMHeadModel(cfg, seed=0).eval(), written))
