@@ -25,7 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import ia3_setups
-from toys import Toy
+from toys import Toy, inputs, out, weights
 
 import minipeft as mp
 from minipeft import nn
@@ -75,21 +75,6 @@ def randomize(model: nn.Module, seed: int = 0) -> None:
         if ".ia3_l." in name:
             values = rng.uniform(0.5, 2.0, p.shape) * rng.choice([-1, 1], p.shape)
             p.data[...] = mp.tensor(values, dtype=p.dtype, device=p.device).data
-
-
-def inputs(setup: dict, device: str = "cpu") -> mp.Tensor:
-    rng = np.random.default_rng(setup["seed"] + 1)
-    shape = (*setup["batch"], setup["dims"][0])
-    return mp.tensor(rng.normal(size=shape), dtype=setup["dtype"], device=device)
-
-
-def out(model: nn.Module, x: mp.Tensor) -> np.ndarray:
-    with mp.no_grad():
-        return model(x).numpy()
-
-
-def weights(model: nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.numpy().copy() for k, v in model.state_dict().items()}
 
 
 # ---------------------------------------------------------------------------- counts, init

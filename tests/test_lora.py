@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from toys import Toy
+from toys import Toy, inputs, out, weights
 
 import minipeft as mp
 from minipeft import nn
@@ -65,21 +65,6 @@ def build(setup: dict, device: str = "cpu", **overrides) -> tuple[Toy, PeftModel
     config = LoraConfig(**{**setup["config"], "fan_in_fan_out": setup["conv"], **overrides})
     base = Toy(*args).to(device)
     return base, get_peft_model(Toy(*args).to(device), config)
-
-
-def inputs(setup: dict, device: str = "cpu") -> mp.Tensor:
-    rng = np.random.default_rng(setup["seed"] + 1)
-    shape = (*setup.get("batch", (3,)), setup["dims"][0])
-    return mp.tensor(rng.normal(size=shape), dtype=setup["dtype"], device=device)
-
-
-def out(model: nn.Module, x: mp.Tensor) -> np.ndarray:
-    with mp.no_grad():
-        return model(x).numpy()
-
-
-def weights(model: nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.numpy().copy() for k, v in model.state_dict().items()}
 
 
 # ---------------------------------------------------------------------------- counts, init

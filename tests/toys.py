@@ -7,7 +7,7 @@ import numpy as np
 import minipeft as mp
 from minipeft import nn
 
-__all__ = ["Conv1D", "Toy"]
+__all__ = ["Conv1D", "Toy", "inputs", "out", "weights"]
 
 
 class Conv1D(nn.Module):
@@ -48,3 +48,19 @@ class Toy(nn.Module):
 
     def forward(self, x: mp.Tensor) -> mp.Tensor:
         return self.head(self.fc2(self.fc1(x).tanh()))
+
+
+def inputs(setup: dict, device: str = "cpu") -> mp.Tensor:
+    """A random input (*batch, d_in) for a toy setup (dims, dtype, seed[, batch])."""
+    rng = np.random.default_rng(setup["seed"] + 1)
+    shape = (*setup.get("batch", (3,)), setup["dims"][0])
+    return mp.tensor(rng.normal(size=shape), dtype=setup["dtype"], device=device)
+
+
+def out(model: nn.Module, x: mp.Tensor) -> np.ndarray:
+    with mp.no_grad():
+        return model(x).numpy()
+
+
+def weights(model: nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.numpy().copy() for k, v in model.state_dict().items()}

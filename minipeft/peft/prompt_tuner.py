@@ -29,7 +29,12 @@ from ..ops.api import cat
 from ..tensor import Tensor, int64
 from .config import PeftConfig, PeftType
 from .modules_to_save import ModulesToSaveWrapper
-from .tuners.base import adapter_factory, restore_modules
+from .tuners.base import (
+    adapter_factory,
+    modules_to_save_names,
+    restore_modules,
+    wrap_modules_to_save,
+)
 
 __all__ = ["PromptTuner", "is_prefix"]
 
@@ -65,12 +70,9 @@ class PromptTuner(Module):
         flags = [(p, p.requires_grad) for p in self.model.parameters()]
         try:
             encoder = self._make_encoder(config)
-            for name in self._modules_to_save(config):
-                module = self.model.get_submodule(name)
-                if isinstance(module, ModulesToSaveWrapper):
-                    module.update(adapter_name)
-                else:
-                    self.model.set_submodule(name, ModulesToSaveWrapper(module, adapter_name))
+            to_save = list(getattr(config, "modules_to_save", None) or [])
+            wrap_modules_to_save(self.model, modules_to_save_names(self.model, to_save),
+                                 adapter_name)  # fmt: skip
         except BaseException:
             restore_modules(self.model, modules, flags)
             raise
@@ -87,18 +89,6 @@ class PromptTuner(Module):
         encoder = self.encoder_class(config, embeddings) if takes_words else self.encoder_class(
             config)  # fmt: skip
         return encoder.to(**adapter_factory(embeddings.weight))  # float32 at least
-
-    def _modules_to_save(self, config: Any) -> list[str]:
-        wanted = list(getattr(config, "modules_to_save", None) or [])
-        if not wanted:
-            return []
-        names = [n for n, _ in self.model.named_modules()
-                 if n and any(n.endswith(m) for m in wanted) and ".modules_to_save." not in n
-                 and not n.endswith(".original_module")]  # fmt: skip
-        names = [n for n in names if ".modules_to_save" not in n]
-        if not names:
-            raise ValueError(f"modules_to_save {wanted} matched no module of the model")
-        return names
 
     def _active_list(self) -> list[str]:
         active = self.active_adapter

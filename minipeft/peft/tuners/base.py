@@ -45,9 +45,11 @@ __all__ = [
     "is_embedding",
     "is_linear",
     "model_type_of",
+    "modules_to_save_names",
     "restore_modules",
     "set_base_weight",
     "weight_layout",
+    "wrap_modules_to_save",
 ]
 
 
@@ -348,12 +350,7 @@ class BaseTuner(Module):
         try:
             for name in targets:
                 self._create_and_replace(config, adapter_name, name, modules[name])
-            for name in to_save:
-                module = self.model.get_submodule(name)
-                if isinstance(module, ModulesToSaveWrapper):
-                    module.update(adapter_name)
-                else:
-                    self.model.set_submodule(name, ModulesToSaveWrapper(module, adapter_name))
+            wrap_modules_to_save(self.model, to_save, adapter_name)
         except BaseException:
             self._remove_adapter_parts(adapter_name)
             restore_modules(self.model, saved_modules, flags)
@@ -398,18 +395,7 @@ class BaseTuner(Module):
                 module.delete_adapter(adapter_name)
 
     def _modules_to_save_names(self, to_save: list[str]) -> list[str]:
-        """Names of the modules to train whole; raises (before any wrapping) when none match."""
-        if not to_save:
-            return []
-        modules = dict(self.model.named_modules())
-        names = [
-            name
-            for name in modules
-            if name and not inside_adapter(name, modules) and is_module_to_save(name, to_save)
-        ]
-        if not names:
-            raise ValueError(f"modules_to_save {to_save} matched no module of the model")
-        return names
+        return modules_to_save_names(self.model, to_save)
 
     def _mark_only_adapters_as_trainable(self, config: Any) -> None:
         """Freezing is a name filter: adapter parameters carry their method's prefix. Every
@@ -564,6 +550,32 @@ class BaseTuner(Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
+
+
+def modules_to_save_names(model: Module, to_save: list[str]) -> list[str]:
+    """Names of the modules to train whole (PEFT's suffix rule); raises (before any wrapping)
+    when none match."""
+    if not to_save:
+        return []
+    modules = dict(model.named_modules())
+    names = [
+        name
+        for name in modules
+        if name and not inside_adapter(name, modules) and is_module_to_save(name, to_save)
+    ]
+    if not names:
+        raise ValueError(f"modules_to_save {to_save} matched no module of the model")
+    return names
+
+
+def wrap_modules_to_save(model: Module, names: list[str], adapter_name: str) -> None:
+    """Give each named module a trainable copy for ``adapter_name`` (wrapping it once)."""
+    for name in names:
+        module = model.get_submodule(name)
+        if isinstance(module, ModulesToSaveWrapper):
+            module.update(adapter_name)
+        else:
+            model.set_submodule(name, ModulesToSaveWrapper(module, adapter_name))
 
 
 def restore_modules(model: Module, modules: dict[str, Module],
