@@ -41,10 +41,6 @@ __all__ = ["PromptTuner", "is_prefix"]
 SAVED_KEY = "prompt_embeddings"  # PEFT's one on-disk key for every prompt-learning method
 
 
-def _ones(xp: Any, shape: tuple[int, ...], dtype: Any) -> Any:
-    return xp.ones(shape, dtype=dtype)
-
-
 class PromptTuner(Module):
     """The prompt adapters of one method on a model (see the module docstring)."""
 
@@ -196,7 +192,7 @@ class PromptTuner(Module):
         mask = out.get("attention_mask")
         if mask is not None:
             mask = mask if isinstance(mask, Tensor) else Tensor(mask)
-            ones = Tensor(_ones(xp, (B, T_v), mask.dtype), device=mask.device)
+            ones = Tensor(xp.ones((B, T_v), dtype=mask.dtype), device=mask.device)
             out["attention_mask"] = cat([ones, mask.to(ones.device)], dim=1)
         prompt = self.prompt(B)
         if is_prefix(config):
