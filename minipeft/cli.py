@@ -10,6 +10,7 @@
     minipeft predict [--model DIR] [--adapter DIR] --text TEXT | --file F
     minipeft eval [--model DIR] [--adapter DIR] --task NAME
     minipeft merge [--model DIR] --adapter DIR --out DIR
+    minipeft quantize [--model DIR] --out DIR [--quant-type nf4|fp4] [--blocksize 64]
 
 This file holds the parser and ``main``; each subcommand is a function in
 :mod:`minipeft.cli_commands` that imports what it needs lazily, so ``--version`` and ``info``
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from . import __version__
 from . import cli_commands as commands
-from .peft.registry import COMBINATIONS, preset_names
+from .peft.registry import COMBINATIONS, QUANTIZED, preset_names
 
 __all__ = ["main", "build_parser"]
 
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method",
         default=None,
-        choices=["full", *preset_names(), *COMBINATIONS],
+        choices=["full", *preset_names(), *COMBINATIONS, *QUANTIZED],
         help="a PEFT method (saves an adapter; default lora) or full (saves a model)",
     )
     p.add_argument("--model", default=None, help="HF folder (default: the cached base model)")
@@ -180,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="a new folder (not the base's or the adapter's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=commands.cmd_merge)
+
+    p = sub.add_parser("quantize", help="store a model's linear weights in 4 bits (NF4/FP4)")
+    p.add_argument("--model", default=None, help="HF folder (default: the cached base model)")
+    p.add_argument("--out", required=True, help="a new folder for the 4-bit model")
+    p.add_argument("--quant-type", default="nf4", choices=["nf4", "fp4"])
+    p.add_argument("--blocksize", type=int, default=64, help="weights per absmax (32 ... 4096)")
+    p.add_argument("--no-double-quant", action="store_true",
+                   help="float32 absmax (4.5 bits/param instead of 4.127)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=commands.cmd_quantize)
     return parser
 
 

@@ -235,6 +235,16 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .jobs.quantize import quantize  # noqa: PLC0415
+
+    out = quantize(_model_dir(args.model), args.out, quant_type=args.quant_type,
+                   blocksize=args.blocksize, double_quant=not args.no_double_quant,
+                   overwrite=args.overwrite)  # fmt: skip
+    print(f"4-bit model saved to {out}")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .jobs.quickstart import quickstart  # noqa: PLC0415
 

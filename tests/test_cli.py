@@ -284,9 +284,9 @@ def test_bad_input_gives_exit_code_2_and_one_line(argv, message, work, base, cap
 
 def test_unknown_option_value_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["finetune", "--method", "qlora"])
+        main(["finetune", "--method", "adalora"])
     assert exit_info.value.code == 2
-    assert "invalid choice: 'qlora'" in capsys.readouterr().err
+    assert "invalid choice: 'adalora'" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- quickstart

@@ -118,3 +118,34 @@ def test_field_overrides_read_json_lists_and_strings():
                             "leave_out=[1, 2]", "use_rslora=true", "x=null"])  # fmt: skip
     assert got == {"r": 16, "target_modules": ["q_proj", "v_proj"], "scaling": "learned",
                    "leave_out": [1, 2], "use_rslora": True, "x": None}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- 4 bits
+def test_quantize_writes_a_4bit_folder_and_reports_memory(work, base, capsys):
+    out = work / "base-4bit"
+    assert main(["quantize", "--model", str(base), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "NF4 + double quant" in said and "peak step memory, QLoRA" in said
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization_config"]["bnb_4bit_quant_type"] == "nf4"
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert main(["quantize", "--model", str(base), "--out", str(out)]) == 2  # no --overwrite
+    assert "--overwrite" in _one_error_line(capsys)
+    assert main(["quantize", "--model", str(base), "--out", str(base / "inside")]) == 2
+    assert "inside" in _one_error_line(capsys)
+
+
+def test_qlora_trains_lora_on_the_4bit_base(work, base, capsys):
+    out = work / "qlora"
+    argv = ["finetune", "--method", "qlora", "--model", str(base), "--steps", "2", "--out",
+            str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert "bits/param" in said and "adapter saved to" in said
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA"
+    gen = ["generate", "--model", str(base), "--adapter", str(out), "--prompt", "def f(x):",
+           "--max-new-tokens", "3"]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the adapter records the float base: no mismatch warning
+        assert main(gen) == 0

@@ -36,7 +36,7 @@ from ..nn import Module
 from ..peft import PeftConfig, PeftModel, TaskType, get_peft_model
 from ..peft.adapter_io import adapter_metadata, load_adapter_files
 from ..peft.provenance import base_fingerprint, labels_from_metadata
-from ..peft.registry import COMBINATIONS, method_for, preset, preset_names
+from ..peft.registry import COMBINATIONS, QUANTIZED, method_for, preset, preset_names
 from ..tasks import Task, get_task
 from ..tokenizer import Tokenizer
 from ..train import TrainConfig, Trainer, evaluate
@@ -59,7 +59,7 @@ __all__ = [
     "task_data",
 ]
 
-METHODS = ("full", *preset_names(), *COMBINATIONS)
+METHODS = ("full", *preset_names(), *COMBINATIONS, *QUANTIZED)
 # Short flags and the config field each one sets, the first the method's config has.
 SHORT_FLAGS: dict[str, tuple[str, ...]] = {
     "r": ("r",),
@@ -83,11 +83,16 @@ BASE_DEFAULTS: dict[str, Any] = {
     "seed": 0, "embeddings": False,
 }  # fmt: skip
 # A method's job defaults where they differ from its config's (LoRA: alpha 16 = 2r).
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"lora": {"r": 8, "alpha": 16.0}}
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lora": {"r": 8, "alpha": 16.0},
+    "qlora": {"r": 8, "alpha": 16.0},
+}
 TASK_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("docstrings", "lora"): {},
+    ("docstrings", "qlora"): {},
     ("docstrings", "full"): {"lr": 1e-3},
     ("docstring-topic", "lora"): {"lr": 1e-3, "steps": 300, "embeddings": True},
+    ("docstring-topic", "qlora"): {"lr": 1e-3, "steps": 300, "embeddings": True},
     ("docstring-topic", "full"): {"lr": 1e-3, "steps": 300},
     ("docstring-topic", "*"): {"lr": 1e-3, "steps": 300},  # any other PEFT method
 }
@@ -213,11 +218,24 @@ def _check_settings(s: dict[str, Any]) -> None:
         )
 
 
+def _quantize_base(model: Module, model_path: Any, log: Any) -> None:
+    """QLoRA's base: every linear but the head in NF4 with double quantization, prepared for
+    k-bit training; prints the memory report (:mod:`minipeft.jobs.quantize`)."""
+    from ..quant.memory import format_report  # noqa: PLC0415
+    from ..quant.model import prepare_model_for_kbit_training, quantize_model  # noqa: PLC0415
+    from .quantize import _quantizable_weights, step_memory  # noqa: PLC0415
+
+    n = _quantizable_weights(model, ("lm_head", "score"))
+    prepare_model_for_kbit_training(quantize_model(model, skip=("lm_head", "score")))
+    log(format_report(n, 64, step_memory(model_path)))
+
+
 def build_peft_configs(method: str, settings: dict[str, Any], model: Module | None = None,
                        task_kind: str = "causal_lm") -> list[tuple[str, PeftConfig]]:  # fmt: skip
     """``[(adapter name, config)]``: one "default" adapter, or for a combination one per part
     ("default" first, then each part by its method name). A short flag or ``--set`` field goes
     to every part that has it, and must fit at least one."""
+    method = QUANTIZED.get(method, method)
     if method not in COMBINATIONS:
         return [("default", build_peft_config(method, settings, model, task_kind))]
     parts = COMBINATIONS[method]
@@ -357,7 +375,14 @@ def finetune(
     before = evaluate(model, data.test(settings["seed"], 0), device)
     if method != "full":
         configs = build_peft_configs(method, settings, model, the_task.kind)
+        float_fingerprint = None
+        if method in QUANTIZED:  # QLoRA: LoRA on the base stored in 4 bits
+            float_fingerprint = base_fingerprint(model, getattr(configs[0][1], "modules_to_save",
+                                                                None))  # fmt: skip
+            _quantize_base(model, model_path, log)
         trained: Module = get_peft_model(model, configs[0][1])
+        if float_fingerprint:  # the adapter belongs to the float base it was quantized from
+            trained.base_fingerprint = float_fingerprint
         for name, config in configs[1:]:  # a combination: its parts train together
             trained.add_adapter(name, config)
         trained.set_adapter([name for name, _ in configs])

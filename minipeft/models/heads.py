@@ -218,6 +218,11 @@ class PreTrainedModel(nn.Module):
         in Hugging Face's layout. The folder is written as a whole (:func:`atomic_folder`): a
         failure leaves the previous save or nothing; other files already there (a tokenizer, a
         run's logs) are kept, weight files of an earlier save are not."""
+        if any(getattr(p, "quant_state", None) is not None for p in self.parameters()):
+            raise ValueError(
+                f"{type(self).__name__} holds 4-bit layers: save it with "
+                "minipeft.quant.save_quantized(model, folder) (bitsandbytes' layout)"
+            )
         cfg = self.config
         sd = self._to_full_keys({k: v.numpy() for k, v in self.state_dict().items()})
         tied = bool(getattr(cfg, "tie_word_embeddings", False))

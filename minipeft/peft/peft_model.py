@@ -186,10 +186,11 @@ class PeftModel(Module):
 
     # ------------------------------------------------------------------ parameters
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        """(trainable, all) parameter counts, each tied weight counted once."""
+        """(trainable, all) parameter counts, each tied weight counted once; a 4-bit weight
+        counts the parameters its bytes hold (two per byte, as PEFT counts bitsandbytes')."""
         trainable = total = 0
         for _, p in self.named_parameters():
-            n = p.numel()
+            n = p.numel() * getattr(p, "params_per_element", 1)
             total += n
             if p.requires_grad:
                 trainable += n

@@ -28,6 +28,7 @@ from minipeft.peft.config import PeftConfig, PeftType
 __all__ = [
     "COMBINATIONS",
     "PeftMethod",
+    "QUANTIZED",
     "method_for",
     "parameter_prefixes",
     "preset",
@@ -51,6 +52,9 @@ _METHODS: dict[PeftType, PeftMethod] = {}
 # Methods that are several adapters trained together, named by their parts' method names.
 # MAM (He et al. 2021; AdapterHub's MAMConfig): prefix tuning + a parallel bottleneck adapter.
 COMBINATIONS: dict[str, tuple[str, ...]] = {"mam": ("prefix", "par_bn")}
+# Methods that train another method's adapter on a base stored in 4 bits (QLoRA, Dettmers et
+# al. 2023): ``finetune`` quantizes the base (minipeft.quant) first.
+QUANTIZED: dict[str, str] = {"qlora": "lora"}
 
 
 @dataclass(frozen=True)

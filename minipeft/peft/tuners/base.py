@@ -79,8 +79,11 @@ def weight_layout(base_layer: Module, fan_in_fan_out: bool) -> bool:
     type or the weight shape, else by the flag (warning when they disagree)."""
     w_shape = tuple(base_layer.weight.shape)
     d_in, d_out = base_layer.in_features, base_layer.out_features
+    declared = getattr(base_layer, "fan_in_fan_out", None)  # e.g. Linear4bit: packed codes
     if isinstance(base_layer, Linear):
         layout = False  # a Linear stores W as (d_out, d_in), even when it is square
+    elif isinstance(declared, bool):
+        layout = declared  # the layer says how get_base_weight lays its weight out
     elif d_in != d_out and w_shape in ((d_in, d_out), (d_out, d_in)):
         layout = w_shape == (d_in, d_out)
     else:

@@ -114,7 +114,8 @@ class LoraEmbedding(LoraLayer):
         a = self.lora_embedding_A[adapter_name].data
         b = self.lora_embedding_B[adapter_name].data
         delta = (b @ a).T * self.scaling[adapter_name]
-        return delta.astype(self.base_layer.weight.dtype, copy=False)
+        dtype = self.base_layer.weight.dtype  # a 4-bit base stores codes: keep ΔW in float
+        return delta.astype(dtype, copy=False) if dtype.kind == "f" else delta
 
     # ------------------------------------------------------------------ forward
     def _embed(self, ids: Any, table: Tensor) -> Tensor:

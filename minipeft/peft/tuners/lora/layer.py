@@ -109,7 +109,8 @@ class LoraLayer(BaseTunerLayer):
         b = self.lora_B[adapter_name].weight.data
         delta = (b @ a) * self.scaling[adapter_name]
         delta = delta.T if self.fan_in_fan_out else delta
-        return delta.astype(self.base_layer.weight.dtype, copy=False)
+        dtype = self.base_layer.weight.dtype  # a 4-bit base stores codes: keep ΔW in float
+        return delta.astype(dtype, copy=False) if dtype.kind == "f" else delta
 
     def merge_weight(self, weight: Any, adapter_name: str) -> Any:
         return weight + self.get_delta_weight(adapter_name)  # W + ΔW
