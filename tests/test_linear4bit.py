@@ -678,3 +678,23 @@ def _dense_with(w: np.ndarray) -> nn.Linear:
     dense = nn.Linear(w.shape[1], w.shape[0], bias=False)
     dense.weight.data[...] = w
     return dense
+
+
+def test_merge_and_unload_dequantize_gives_an_exact_full_precision_model():
+    from minipeft.models import GPT2Config, GPT2LMHeadModel
+    from minipeft.nn import Linear
+    from minipeft.peft import LoraConfig, get_peft_model
+    from minipeft.quant import Linear4bit, prepare_model_for_kbit_training, quantize_model
+
+    cfg = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=64, n_positions=16,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
+    model = prepare_model_for_kbit_training(quantize_model(GPT2LMHeadModel(cfg, seed=0).eval()))
+    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False))
+    ids = np.array([[1, 2, 3, 4, 5]])
+    with mp.no_grad():
+        adapted = pm(input_ids=ids).logits.numpy()
+    merged = pm.merge_and_unload(dequantize=True)
+    assert not any(isinstance(m, Linear4bit) for m in merged.modules())
+    assert isinstance(merged.transformer.h[0].attn.c_attn, Linear)
+    with mp.no_grad():
+        np.testing.assert_allclose(merged(input_ids=ids).logits.numpy(), adapted, atol=1e-5)

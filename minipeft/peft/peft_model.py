@@ -259,9 +259,15 @@ class PeftModel(Module):
             if tuner._active_list():
                 tuner.check_mergeable()
 
-    def merge_and_unload(self, safe_merge: bool = False) -> Module:
-        """Merge the active adapters into the base weights and return the plain base model."""
+    def merge_and_unload(self, safe_merge: bool = False, dequantize: bool = False) -> Module:
+        """Merge the active adapters into the base weights and return the plain base model.
+        On a 4-bit base the merge requantizes (with PEFT's rounding warning); ``dequantize``
+        instead returns a full-precision model: dequantized, then merged exactly."""
         self._check_mergeable()
+        if dequantize:  # every Linear4bit, wrapped by an adapter layer or not, becomes float
+            from ..quant.model import dequantize_model  # noqa: PLC0415 (only for 4-bit bases)
+
+            dequantize_model(self.get_base_model())
         model = self.get_base_model()
         for tuner in self.tuners.values():
             model = tuner.merge_and_unload(safe_merge=safe_merge)
