@@ -698,3 +698,13 @@ def test_merge_and_unload_dequantize_gives_an_exact_full_precision_model():
     assert isinstance(merged.transformer.h[0].attn.c_attn, Linear)
     with mp.no_grad():
         np.testing.assert_allclose(merged(input_ids=ids).logits.numpy(), adapted, atol=1e-5)
+
+
+def test_from_pretrained_on_a_4bit_folder_says_what_to_use(tmp_path):
+    from minipeft.models import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+    from minipeft.quant import quantize_model, save_quantized
+
+    cfg = GPT2Config(n_embd=64, n_layer=1, n_head=4, vocab_size=64, n_positions=16)
+    save_quantized(quantize_model(GPT2LMHeadModel(cfg, seed=0)), tmp_path)
+    with pytest.raises(ValueError, match="load it with minipeft.quant.load_quantized"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)

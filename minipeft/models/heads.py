@@ -266,6 +266,13 @@ class PreTrainedModel(nn.Module):
         """
         folder = os.fspath(folder)
         config = load_config(folder)
+        quantized = (getattr(config, "extra", None) or {}).get("quantization_config")
+        if quantized:
+            raise ValueError(
+                f"{folder}: a {quantized.get('quant_method', 'quantized')} checkpoint (its "
+                "config.json has a quantization_config); load it with "
+                "minipeft.quant.load_quantized(folder)"
+            )
         if config_overrides:
             config = config_from_dict({**config.to_dict(), **config_overrides}, source=folder)
         if not isinstance(config, cls.config_class):
