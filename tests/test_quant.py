@@ -168,7 +168,7 @@ def test_round_trip_error_bound(device: str, setup: dict[str, Any]) -> None:
     """Each |w - ŵ| ≤ ½·gap·absmax_b (+ the double-quant scale error), elementwise.
 
     Derivation (u = 2⁻²⁴, float32 unit roundoff; A_b the block's stored absmax; g the largest
-    gap between adjacent codes — NF4 1 - 0.7230, FP4 1/3):
+    gap between adjacent codes — NF4 1 - 0.6962, FP4 1/3):
       * s = fl(w · fl(1/A_b)) is within 2u of w / A_b (and clipping to [-1, 1] only helps);
         the nearest code (float32 midpoints) is within g/2 + u of s, so |w - c·A_b| ≤
         A_b·(g/2 + 3u); a float64 input first rounded to float32 adds u·A_b.
