@@ -1,4 +1,6 @@
-"""The tuner seam: one base for the layers that hold adapters, one for the tuners that place them.
+"""The tuner seam: one base for the layers that hold adapters, one for the tuners that place them
+(the layer base lives in :mod:`.base_layer`, the linear contract and base-weight protocol in
+:mod:`.contract`; this module re-exports both, as the seam's one entry point).
 
 :class:`BaseTunerLayer` wraps one base layer (``self.base_layer``, never edited except by an
 explicit merge) and holds named adapters in per-adapter containers (``lora_A["default"]``). It owns
@@ -26,13 +28,24 @@ from collections.abc import Iterator
 from typing import Any
 
 from ...autograd import no_grad
-from ...backend import xp_of
-from ...nn import Linear, Module
+from ...nn import Module
 from ..adapter_io import check_adapter_keys, from_peft_keys, to_peft_keys
 from ..config import PeftConfig, resolve_target_modules
 from ..matching import find_targets, is_module_to_save
 from ..modules_to_save import ModulesToSaveWrapper
 from ..registry import parameter_prefixes
+from .base_layer import BaseTunerLayer, inside_adapter
+from .contract import (
+    adapter_factory,
+    check_finite,
+    get_base_weight,
+    has_sizes_and_weight,
+    is_embedding,
+    is_linear,
+    model_type_of,
+    set_base_weight,
+    weight_layout,
+)
 
 __all__ = [
     "BaseTuner",
@@ -51,266 +64,6 @@ __all__ = [
     "weight_layout",
     "wrap_modules_to_save",
 ]
-
-
-# ---------------------------------------------------------------------- the linear contract
-def has_sizes_and_weight(module: Any, *sizes: str) -> bool:
-    """A Module with these integer size attributes and a ``weight``: the duck type a tuner
-    wraps (linear: in/out features; embedding: num_embeddings, embedding_dim)."""
-    return (
-        isinstance(module, Module)
-        and all(isinstance(getattr(module, s, None), int) for s in sizes)
-        and getattr(module, "weight", None) is not None
-    )
-
-
-def is_linear(module: Any) -> bool:
-    """The linear contract: anything with in/out features, a weight and forward is a linear."""
-    return has_sizes_and_weight(module, "in_features", "out_features")
-
-
-def is_embedding(module: Any) -> bool:
-    """An embedding table: ``num_embeddings``, ``embedding_dim`` and a (V, C) ``weight``."""
-    return has_sizes_and_weight(module, "num_embeddings", "embedding_dim")
-
-
-def weight_layout(base_layer: Module, fan_in_fan_out: bool) -> bool:
-    """Whether the base weight is stored (d_in, d_out) (HF's Conv1D), decided by the layer
-    type or the weight shape, else by the flag (warning when they disagree)."""
-    w_shape = tuple(base_layer.weight.shape)
-    d_in, d_out = base_layer.in_features, base_layer.out_features
-    declared = getattr(base_layer, "fan_in_fan_out", None)  # e.g. Linear4bit: packed codes
-    if isinstance(base_layer, Linear):
-        layout = False  # a Linear stores W as (d_out, d_in), even when it is square
-    elif isinstance(declared, bool):
-        layout = declared  # the layer says how get_base_weight lays its weight out
-    elif d_in != d_out and w_shape in ((d_in, d_out), (d_out, d_in)):
-        layout = w_shape == (d_in, d_out)
-    else:
-        layout = fan_in_fan_out  # square or packed weight: only the flag can tell
-    if layout != fan_in_fan_out:  # PEFT warns and fixes the same mistake
-        warnings.warn(
-            f"fan_in_fan_out={fan_in_fan_out} does not match the base layer "
-            f"{type(base_layer).__name__} with weight shape {w_shape}; "
-            f"setting fan_in_fan_out={layout}",
-            stacklevel=4,
-        )
-    return layout
-
-
-def model_type_of(model: Module) -> str | None:
-    """``config.model_type`` of a model with an HF-style config ("gpt2", "llama"), else None."""
-    return getattr(getattr(model, "config", None), "model_type", None)
-
-
-def inside_adapter(name: str, modules: dict[str, Module]) -> bool:
-    """Whether module ``name`` lies inside a tuner layer or a modules_to_save wrapper (its base
-    layer, adapter containers, copies): such modules are never targets themselves. Decided by
-    the modules above it, not by spelling, so it holds for every method."""
-    parts = name.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        if isinstance(modules.get(".".join(parts[:i])), (BaseTunerLayer, ModulesToSaveWrapper)):
-            return True
-    return False
-
-
-# ---------------------------------------------------------------------- base-weight protocol
-def get_base_weight(layer: Module) -> Any:
-    """The layer's weight as a float array (a raw array, not a Tensor), for merging."""
-    if hasattr(layer, "get_base_weight"):
-        return layer.get_base_weight()
-    weight = getattr(layer, "weight", None)
-    kind = getattr(getattr(weight, "dtype", None), "kind", None)
-    if weight is None or kind != "f":
-        found = "no weight" if weight is None else f"a {weight.dtype} weight"
-        raise TypeError(
-            f"cannot merge into {type(layer).__name__}: merging needs a float weight array "
-            f"(or get_base_weight/set_base_weight methods), found {found}"
-        )
-    return weight.data
-
-
-def set_base_weight(layer: Module, value: Any) -> None:
-    """Store ``value`` (shaped like :func:`get_base_weight`'s array) as the layer's weight, in
-    place, so a weight shared with another module (a tied lm_head) stays shared."""
-    if hasattr(layer, "set_base_weight"):
-        layer.set_base_weight(value)
-        return
-    weight = layer.weight.data
-    if tuple(value.shape) != tuple(weight.shape):
-        raise ValueError(
-            f"set_base_weight on {type(layer).__name__}: expected shape {tuple(weight.shape)}, "
-            f"found {tuple(value.shape)}"
-        )
-    weight[...] = value
-
-
-def check_finite(weight: Any, bias: Any, adapter_names: list[str]) -> None:
-    """The safe-merge check: a merged weight (and bias) with a NaN or inf means a broken
-    adapter; raise before anything is written."""
-    arrays = [weight] if bias is None else [weight, bias]
-    if not all(bool(xp_of(a).isfinite(a).all()) for a in arrays):
-        raise ValueError(
-            f"NaNs or infs detected in the merged weights of adapter "
-            f"{', '.join(map(repr, adapter_names))}: the adapter seems broken; nothing was merged"
-        )
-
-
-def adapter_factory(weight: Any) -> dict[str, Any]:
-    """``device=`` / ``dtype=`` for adapter weights beside a base ``weight``: its device, its
-    dtype when a float of at least 32 bits, else float32."""
-    kind, size = weight.dtype.kind, weight.dtype.itemsize
-    return {"device": weight.device, "dtype": weight.dtype if kind == "f" and size >= 4
-            else "float32"}  # fmt: skip
-
-
-# ---------------------------------------------------------------------- layers
-class BaseTunerLayer(Module):
-    """One wrapped base layer holding named adapters.
-
-    A subclass names its trainable per-adapter containers in ``adapter_layer_names`` (the first
-    one tells which adapters the layer holds), its other per-adapter containers and dicts in
-    ``other_param_names``, and implements ``update_layer`` and ``forward``. A mergeable method
-    also implements :meth:`merge_weight` / :meth:`unmerge_weight` (and, when it changes the
-    bias, :meth:`merge_bias` / :meth:`unmerge_bias`).
-    """
-
-    adapter_layer_names: tuple[str, ...] = ()
-    other_param_names: tuple[str, ...] = ()
-
-    def _wrap_linear(self, base_layer: Module, method: str) -> None:
-        """Hold ``base_layer`` after checking the linear contract; copy its sizes."""
-        if not is_linear(base_layer):
-            raise TypeError(
-                f"{method} wraps linear layers (in_features, out_features, weight), found "
-                f"{type(base_layer).__name__}"
-            )
-        self.base_layer = base_layer
-        self.in_features = base_layer.in_features
-        self.out_features = base_layer.out_features
-
-    def _adapter_factory_kwargs(self) -> dict[str, Any]:
-        """Device and dtype of new adapter weights: the base weight's, but at least float32, so
-        a float16 base keeps float32 adapters (PEFT's ``autocast_adapter_dtype=True``)."""
-        return adapter_factory(self.base_layer.weight)
-
-    def _init_adapter_state(self) -> None:
-        self.merged_adapters: list[str] = []
-        self.active_adapters: list[str] = []
-        self.disable_adapters = False
-
-    # ------------------------------------------------------------------ adapters
-    def adapter_names(self) -> list[str]:
-        """The adapters this layer holds."""
-        return list(getattr(self, self.adapter_layer_names[0]).keys())
-
-    def _activate_first(self, adapter_name: str) -> None:
-        if not self.active_adapters:
-            self.active_adapters = [adapter_name]
-
-    def set_adapter(self, adapter_names: str | list[str]) -> None:
-        """Activate these adapters; only they are trainable (PEFT's behaviour)."""
-        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        held = self.adapter_names()
-        for attr in self.adapter_layer_names:
-            container = getattr(self, attr)
-            for key in held:
-                if key in container:
-                    container[key].requires_grad_(key in names)
-        self.active_adapters = [n for n in names if n in held]
-
-    def delete_adapter(self, adapter_name: str) -> None:
-        for attr in self.adapter_layer_names + self.other_param_names:
-            container = getattr(self, attr)
-            if adapter_name in container:
-                del container[adapter_name]
-        self.active_adapters = [a for a in self.active_adapters if a != adapter_name]
-
-    # ------------------------------------------------------------------ merging
-    @property
-    def merged(self) -> bool:
-        return bool(self.merged_adapters)
-
-    def check_merge_allowed(self) -> None:
-        """Raise if merging this layer would change what the model computes."""
-
-    def merge_weight(self, weight: Any, adapter_name: str) -> Any:
-        """The merged base weight (a raw array in the base layout) for one adapter."""
-        raise TypeError(f"{type(self).__name__} cannot be merged into its base layer")
-
-    def unmerge_weight(self, weight: Any, adapter_name: str) -> Any:
-        """Inverse of :meth:`merge_weight`."""
-        raise TypeError(f"{type(self).__name__} cannot be unmerged from its base layer")
-
-    def merge_bias(self, bias: Any, adapter_name: str) -> Any:
-        """The merged base bias (default: unchanged)."""
-        return bias
-
-    def unmerge_bias(self, bias: Any, adapter_name: str) -> Any:
-        return bias
-
-    def _pending(self, adapter_names: list[str] | None) -> list[str]:
-        names = self.active_adapters if adapter_names is None else adapter_names
-        held = self.adapter_names()
-        done = [n for n in names if n in self.merged_adapters]
-        if done:
-            warnings.warn(f"adapters {done} are already merged; merging them again is a no-op",
-                          stacklevel=4)  # fmt: skip
-        return [n for n in names if n in held and n not in self.merged_adapters]
-
-    def merged_arrays(self, adapter_names: list[str] | None = None) -> tuple[Any, Any]:
-        """(weight, bias) after merging the pending adapters, computed on copies."""
-        weight = get_base_weight(self.base_layer)
-        bias_param = getattr(self.base_layer, "bias", None)
-        bias = None if bias_param is None else bias_param.data
-        for name in self._pending(adapter_names):
-            weight = self.merge_weight(weight, name)
-            if bias is not None:
-                bias = self.merge_bias(bias, name)
-        return weight, bias
-
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Fold each active (or named) adapter not merged yet into the base weight.
-
-        ``safe_merge`` computes the merged weight first and raises, leaving the layer
-        untouched, if it is not finite.
-        """
-        self.check_merge_allowed()
-        todo = self._pending(adapter_names)
-        if not todo:
-            return
-        with no_grad():
-            weight, bias = self.merged_arrays(todo)
-            if safe_merge:
-                check_finite(weight, bias, todo)
-            set_base_weight(self.base_layer, weight)
-            if bias is not None:
-                self.base_layer.bias.data[...] = bias
-        self.merged_adapters.extend(todo)
-
-    def unmerge(self) -> None:
-        """Undo every merge, last merged first (PEFT warns if nothing is merged)."""
-        if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
-            return
-        with no_grad():
-            while self.merged_adapters:
-                name = self.merged_adapters.pop()
-                weight = self.unmerge_weight(get_base_weight(self.base_layer), name)
-                set_base_weight(self.base_layer, weight)
-                bias = getattr(self.base_layer, "bias", None)
-                if bias is not None:
-                    bias.data[...] = self.unmerge_bias(bias.data, name)
-
-    def _disabled_or_merged(self) -> bool:
-        """Forward helper, called before the base layer runs: with adapters disabled, undo
-        merges; True when the base layer's output alone is the answer (disabled, or the active
-        adapters already merged)."""
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return True
-        return self.merged
 
 
 # ---------------------------------------------------------------------- tuners
