@@ -9,9 +9,9 @@ Methods: every name in the PEFT registry (``lora``, ``ia3``, ``seq_bn``, ``doubl
 ``par_bn``, ...) trains an adapter and saves its folder; ``full`` trains every weight and saves a
 model folder. The job builds the method's registered config from its defaults plus field
 overrides (``fields``: ``--set r=16 target_modules=q_proj,v_proj``) and a few short flags
-(:data:`SHORT_FLAGS`), so a new method needs no job code. Defaults depend on the task and the
-method (:data:`TASK_DEFAULTS`, measured: see the README's "docstring-topic" section); any of
-them can be set explicitly.
+(:mod:`minipeft.jobs.methods`), so a new method needs no job code. Defaults depend on the
+task and the method (:data:`TASK_DEFAULTS`, measured: see the README's "docstring-topic"
+section); any of them can be set explicitly.
 
 The output folder (``--out``) is a run folder (:mod:`minipeft.jobs.runs`): ``run.json`` (the
 settings), ``metrics.jsonl``, ``checkpoint/`` while the run is unfinished, then the result.
@@ -25,7 +25,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +33,19 @@ from ..data import classification_batches, iterate_batches, lm_blocks, tokenize_
 from ..fileio import atomic_folder, atomic_write_text, check_output_path
 from ..models import AutoModelForCausalLM, AutoModelForSequenceClassification, load_config
 from ..nn import Module
-from ..peft import PeftConfig, PeftModel, TaskType, get_peft_model
+from ..peft import PeftModel, TaskType, get_peft_model
 from ..peft.adapter_io import adapter_metadata, load_adapter_files
 from ..peft.provenance import base_fingerprint, labels_from_metadata
-from ..peft.registry import COMBINATIONS, QUANTIZED, method_for, preset, preset_names
+from ..peft.registry import COMBINATIONS, QUANTIZED, preset, preset_names
 from ..tasks import Task, get_task
 from ..tokenizer import Tokenizer
 from ..train import TrainConfig, Trainer, evaluate
+from .methods import build_peft_configs, quantize_base
 from .runs import RUN_FILE, finish_run, prepare_run
 
 __all__ = [
     "METHODS",
     "COMBINATIONS",
-    "SHORT_FLAGS",
-    "build_peft_config",
-    "build_peft_configs",
     "TASK_DEFAULTS",
     "FinetuneResult",
     "TaskData",
@@ -60,15 +58,6 @@ __all__ = [
 ]
 
 METHODS = ("full", *preset_names(), *COMBINATIONS, *QUANTIZED)
-# Short flags and the config field each one sets, the first the method's config has.
-SHORT_FLAGS: dict[str, tuple[str, ...]] = {
-    "r": ("r",),
-    "alpha": ("lora_alpha",),
-    "dropout": ("lora_dropout", "dropout"),
-    "targets": ("target_modules",),
-    "reduction_factor": ("reduction_factor",),
-    "non_linearity": ("non_linearity",),
-}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 # Settings every run has, then what each (task, method) changes. Measured on the default base
@@ -218,80 +207,6 @@ def _check_settings(s: dict[str, Any]) -> None:
         )
 
 
-def _quantize_base(model: Module, model_path: Any, log: Any) -> None:
-    """QLoRA's base: every linear but the head in NF4 with double quantization, prepared for
-    k-bit training; prints the memory report (:mod:`minipeft.jobs.quantize`)."""
-    from ..quant.memory import format_report  # noqa: PLC0415
-    from ..quant.model import prepare_model_for_kbit_training, quantize_model  # noqa: PLC0415
-    from .quantize import _quantizable_weights, step_memory  # noqa: PLC0415
-
-    n = _quantizable_weights(model, ("lm_head", "score"))
-    prepare_model_for_kbit_training(quantize_model(model, skip=("lm_head", "score")))
-    log(format_report(n, 64, step_memory(model_path)))
-
-
-def build_peft_configs(method: str, settings: dict[str, Any], model: Module | None = None,
-                       task_kind: str = "causal_lm") -> list[tuple[str, PeftConfig]]:  # fmt: skip
-    """``[(adapter name, config)]``: one "default" adapter, or for a combination one per part
-    ("default" first, then each part by its method name). A short flag or ``--set`` field goes
-    to every part that has it, and must fit at least one."""
-    method = QUANTIZED.get(method, method)
-    if method not in COMBINATIONS:
-        return [("default", build_peft_config(method, settings, model, task_kind))]
-    parts = COMBINATIONS[method]
-    fields_of = {part: {f.name for f in fields(type(preset(part))) if f.init} for part in parts}
-    given = dict(settings.get("set") or {})
-    flags = {flag: settings[flag] for flag in SHORT_FLAGS if settings.get(flag) is not None}
-    for key in given:
-        if not any(key in names for names in fields_of.values()):
-            raise ValueError(f"--set {key}: no part of {method!r} ({', '.join(parts)}) has it")
-    for flag in flags:
-        if not any(c in names for c in SHORT_FLAGS[flag] for names in fields_of.values()):
-            raise ValueError(f"--{flag.replace('_', '-')}: no part of {method!r} has it")
-    out = []
-    for i, part in enumerate(parts):
-        names = fields_of[part]
-        mine = {k: v for k, v in given.items() if k in names}
-        own_flags = {f: v for f, v in flags.items() if any(c in names for c in SHORT_FLAGS[f])}
-        part_settings = {**settings, **dict.fromkeys(SHORT_FLAGS), **own_flags, "set": mine}
-        config = build_peft_config(part, part_settings, model, task_kind)
-        out.append(("default" if i == 0 else part, config))
-    return out
-
-
-def build_peft_config(method: str, settings: dict[str, Any], model: Module | None = None,
-                      task_kind: str = "causal_lm") -> PeftConfig:  # fmt: skip
-    """The registered config of ``method`` from its defaults, the short flags and the
-    ``set`` field overrides; a flag or field the method does not have is an error naming it.
-    ``embeddings`` (with no targets given) adds the model's input embedding to the method's
-    default targets."""
-    cls = type(preset(method))
-    names = {f.name for f in fields(cls) if f.init}
-    values: dict[str, Any] = dict(settings.get("set") or {})
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"--set {unknown[0]}: {cls.__name__} has no field {unknown[0]!r}; "
-                         f"its fields: {', '.join(sorted(names))}")  # fmt: skip
-    for flag, candidates in SHORT_FLAGS.items():
-        if settings.get(flag) is None:
-            continue
-        field_name = next((c for c in candidates if c in names), None)
-        if field_name is None:
-            flag_name = flag.replace("_", "-")
-            raise ValueError(f"--{flag_name}: method {method!r} has no such setting "
-                             f"({cls.__name__} has no {' or '.join(candidates)})")  # fmt: skip
-        values.setdefault(field_name, settings[flag])  # --set wins over flags and defaults
-    targets = values.get("target_modules")
-    if isinstance(targets, (list, tuple)) and list(targets) == ["all-linear"]:
-        values["target_modules"] = "all-linear"
-    if settings.get("embeddings") and "target_modules" in names and targets is None and model:
-        embed = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
-        defaults = method_for(cls).default_target_modules(model.config.model_type)
-        values["target_modules"] = [*defaults, embed.rsplit(".", 1)[-1]]
-    task = TaskType.SEQ_CLS if task_kind == "seq_cls" else TaskType.CAUSAL_LM
-    return preset(method, task_type=task, **values)
-
-
 def finetune(
     model_path: str | os.PathLike[str] | None = None,
     task: str | None = None,
@@ -379,7 +294,7 @@ def finetune(
         if method in QUANTIZED:  # QLoRA: LoRA on the base stored in 4 bits
             float_fingerprint = base_fingerprint(model, getattr(configs[0][1], "modules_to_save",
                                                                 None))  # fmt: skip
-            _quantize_base(model, model_path, log)
+            quantize_base(model, model_path, log)
         trained: Module = get_peft_model(model, configs[0][1])
         if float_fingerprint:  # the adapter belongs to the float base it was quantized from
             trained.base_fingerprint = float_fingerprint
