@@ -128,18 +128,11 @@ class LoraEmbedding(LoraLayer):
         return _PaddedEmbeddingFn.apply(table, ids=as_array(ids, device=table.device),
                                         padding_idx=pad)  # fmt: skip
 
-    def forward(self, x: Any) -> Any:
-        base_only = self._disabled_or_merged()  # first: disabling unmerges
-        result = self.base_layer(x)
-        if base_only:
-            return result
-        for name in self.active_adapters:
-            if name not in self.lora_embedding_A:
-                continue
-            after_a = self._embed(x, self.lora_embedding_A[name].T)  # (..., r): rows of Aᵀ
-            update = (after_a @ self.lora_embedding_B[name].T) * self.scaling[name]  # (..., C)
-            result = result + (update if update.dtype == result.dtype else update.to(result.dtype))
-        return result
+    def add_adapter_output(self, name: str, x: Any, result: Any) -> Any:
+        """``result + s · Aᵀ[ids] Bᵀ`` for adapter ``name`` (rows of ``x`` and ``result``)."""
+        after_a = self._embed(x, self.lora_embedding_A[name].T)  # (..., r): rows of Aᵀ
+        update = (after_a @ self.lora_embedding_B[name].T) * self.scaling[name]  # (..., C)
+        return result + (update if update.dtype == result.dtype else update.to(result.dtype))
 
     def extra_repr(self) -> str:
         ranks = ", ".join(f"{k}: r={v}" for k, v in self.r.items())

@@ -22,6 +22,7 @@ from typing import Any
 from ....nn import Dropout, Identity, Linear, Module, ModuleDict
 from ....nn import init as nn_init
 from ..base import BaseTunerLayer, weight_layout
+from ..mixed_batch import current_adapter_names, mixed_batch_output
 
 __all__ = ["LoraLayer"]
 
@@ -124,16 +125,27 @@ class LoraLayer(BaseTunerLayer):
         result = self.base_layer(x)
         if base_only:
             return result
+        names = current_adapter_names()  # a mixed batch: one adapter (or the base) per row
+        if names is not None:
+            return mixed_batch_output(self, x, result, names)
         for name in self.active_adapters:
-            if name not in self.lora_A:
-                continue
-            a = self.lora_A[name]
-            h = self.lora_dropout[name](x)
-            if h.dtype != a.weight.dtype:  # a float16 base keeps float32 adapters
-                h = h.to(a.weight.dtype)
-            update = self.lora_B[name](a(h)) * self.scaling[name]
-            result = result + (update if update.dtype == result.dtype else update.to(result.dtype))
+            if self.holds(name):
+                result = self.add_adapter_output(name, x, result)
         return result
+
+    def holds(self, adapter_name: str) -> bool:
+        """Whether this layer has adapter ``adapter_name`` (a layer may lack some)."""
+        return adapter_name in getattr(self, self.adapter_layer_names[0])
+
+    def add_adapter_output(self, name: str, x: Any, result: Any) -> Any:
+        """``result + s · B A dropout(x)`` for adapter ``name``; ``result`` is the base layer's
+        output for the same rows of x, so a mixed batch calls this on each adapter's rows."""
+        a = self.lora_A[name]
+        h = self.lora_dropout[name](x)
+        if h.dtype != a.weight.dtype:  # a float16 base keeps float32 adapters
+            h = h.to(a.weight.dtype)
+        update = self.lora_B[name](a(h)) * self.scaling[name]
+        return result + (update if update.dtype == result.dtype else update.to(result.dtype))
 
     def extra_repr(self) -> str:
         ranks = ", ".join(f"{k}: r={v}" for k, v in self.r.items())
