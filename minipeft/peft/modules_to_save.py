@@ -11,6 +11,7 @@ import copy
 from typing import Any
 
 from ..nn import Module, ModuleDict
+from .mixed_batch import current_adapter_names, route_rows
 
 __all__ = ["ModulesToSaveWrapper"]
 
@@ -65,4 +66,17 @@ class ModulesToSaveWrapper(Module):
             return getattr(self.active_module, name)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.active_module(*args, **kwargs)
+        names = current_adapter_names()
+        if names is None or self.disable_adapters or len(set(names)) == 1:
+            if names is not None and not self.disable_adapters:
+                return self._module_for(names[0])(*args, **kwargs)
+            return self.active_module(*args, **kwargs)
+        # A mixed batch: row i through adapter names[i]'s copy (or the original).
+        x = args[0]
+        return route_rows(
+            names, x.device, lambda name, rows: self._module_for(name)(x[rows], *args[1:], **kwargs)
+        )
+
+    def _module_for(self, adapter_name: str) -> Module:
+        return self.modules_to_save[adapter_name] if adapter_name in self.modules_to_save \
+            else self.original_module  # fmt: skip

@@ -28,6 +28,7 @@ from ..tensor import Tensor, int64
 from .adapter_io import adapter_metadata, load_adapter_files, save_adapter
 from .config import PeftConfig, TaskType
 from .matching import SEQ_CLS_HEAD_NAMES
+from .mixed_batch import adapter_names_context, check_adapter_names
 from .prompt_tuner import PromptTuner, is_prefix
 from .provenance import (
     FINGERPRINT_KEY,
@@ -138,9 +139,14 @@ class PeftModel(Module):
             raise ValueError("two prompt-learning adapters are active; activate one of them")
         return active[0] if active else None
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any) -> Any:
         """The base model's forward; an active prompt adapter inserts its virtual tokens (or
-        its key/value prefix), extends ``attention_mask`` with ones and ``labels`` with -100."""
+        its key/value prefix), extends ``attention_mask`` with ones and ``labels`` with -100.
+        ``adapter_names``: one LoRA adapter (or ``"__base__"``) per row, a mixed batch
+        (:mod:`~minipeft.peft.mixed_batch`)."""
+        if adapter_names is not None:
+            with self._mixed_batch(adapter_names, args, kwargs):
+                return self.forward(*args, **kwargs)
         prompt = self._active_prompt()
         if prompt is None:
             return self.base_model.model(*args, **kwargs)
@@ -148,10 +154,22 @@ class PeftModel(Module):
             kwargs = {"input_ids": args[0], **kwargs}
         return self.base_model.model(**prompt.prepare(kwargs))
 
-    def generate(self, input_ids: Any = None, attention_mask: Any = None, **kwargs: Any) -> Any:
+    def _mixed_batch(self, names: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """The context in which layers route row i through ``names[i]`` (checked first)."""
+        batch = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs_embeds"))
+        size = len(batch) if batch is not None else -1
+        checked = check_adapter_names(self.tuners, names, size, self.training)
+        return adapter_names_context(checked)
+
+    def generate(self, input_ids: Any = None, attention_mask: Any = None,
+                 adapter_names: list[str] | None = None, **kwargs: Any) -> Any:  # fmt: skip
         """The base model's ``generate`` (greedy, sampling, KV cache), with an active prompt
         adapter's virtual tokens as ``inputs_embeds`` or its prefix as ``past_key_values``;
-        returns the prompt's ids and the new ones (no virtual tokens)."""
+        returns the prompt's ids and the new ones (no virtual tokens). ``adapter_names``: one
+        LoRA adapter (or ``"__base__"``) per row, as in :meth:`forward`."""
+        if adapter_names is not None:
+            with self._mixed_batch(adapter_names, (input_ids,), kwargs):
+                return self.generate(input_ids, attention_mask=attention_mask, **kwargs)
         model = self.get_base_model()
         prompt = self._active_prompt()
         if prompt is None:
@@ -233,6 +251,18 @@ class PeftModel(Module):
 
     def delete_adapter(self, adapter_name: str) -> None:
         self.tuner_of(adapter_name).delete_adapter(adapter_name)
+
+    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str,
+                             combination_type: str = "svd", **kwargs: Any) -> None:  # fmt: skip
+        """A new LoRA adapter combined from trained ones with PEFT's semantics (and without
+        its rsLoRA/DoRA errors): :mod:`minipeft.peft.tuners.lora.combine`."""
+        if not adapters:
+            raise ValueError("add_weighted_adapter: adapters: expected at least one name")
+        tuner = self.tuner_of(adapters[0])
+        if not hasattr(tuner, "add_weighted_adapter"):
+            raise ValueError(f"add_weighted_adapter combines LoRA adapters; {adapters[0]!r} is "
+                             f"a {type(tuner).__name__} adapter")  # fmt: skip
+        tuner.add_weighted_adapter(adapters, weights, adapter_name, combination_type, **kwargs)
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:

@@ -21,8 +21,8 @@ from typing import Any
 
 from ....nn import Dropout, Identity, Linear, Module, ModuleDict
 from ....nn import init as nn_init
+from ...mixed_batch import current_adapter_names, mixed_batch_output
 from ..base import BaseTunerLayer, weight_layout
-from ..mixed_batch import current_adapter_names, mixed_batch_output
 
 __all__ = ["LoraLayer"]
 

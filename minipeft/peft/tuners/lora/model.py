@@ -60,6 +60,7 @@ class LoraModel(BaseTuner):
     prefix = "lora_"
     layer_class = LoraLayer
     config_class = LoraConfig
+    supports_mixed_batch = True  # its layers route rows (peft.mixed_batch)
 
     def lora_layers(self) -> Any:
         """Every LoRA layer of the model (linear and embedding)."""
@@ -92,6 +93,14 @@ class LoraModel(BaseTuner):
         )
 
     shape_hints = staticmethod(lora_shape_hints)
+
+    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str,
+                             combination_type: str = "svd", **kwargs: Any) -> None:  # fmt: skip
+        """A new adapter combined from trained ones (:mod:`.combine`, PEFT's semantics; also
+        ``svd_rank``, ``svd_clamp``, ``density``, ``majority_sign_method``, ``seed``)."""
+        from .combine import add_weighted_adapter  # noqa: PLC0415 (numerics kept apart)
+
+        add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, **kwargs)
 
     def from_disk_keys(self, tensors: dict[str, Any], adapter_name: str,
                        shapes: dict[str, Any], source: Any) -> dict[str, Any]:  # fmt: skip
