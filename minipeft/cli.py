@@ -10,6 +10,7 @@
     minipeft predict [--model DIR] [--adapter DIR] --text TEXT | --file F
     minipeft eval [--model DIR] [--adapter DIR] --task NAME
     minipeft merge [--model DIR] --adapter DIR --out DIR
+    minipeft combine --adapters A B --weights 0.5 0.5 [--type svd|cat|linear|ties|...] --out DIR
     minipeft quantize [--model DIR] --out DIR [--quant-type nf4|fp4] [--blocksize 64]
 
 This file holds the parser and ``main``; each subcommand is a function in
@@ -181,6 +182,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="a new folder (not the base's or the adapter's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=commands.cmd_merge)
+
+    p = sub.add_parser("combine", help="combine trained LoRA adapters into a new one (PEFT's "
+                       "add_weighted_adapter)")  # fmt: skip
+    p.add_argument("--model", default=None, help="HF folder (default: the first adapter's base "
+                   "if it is a local folder, else the cached base model)")  # fmt: skip
+    p.add_argument("--adapters", nargs="+", required=True, help="adapter folders to combine")
+    p.add_argument("--weights", nargs="+", type=float, required=True,
+                   help="one weight per adapter (negative subtracts)")  # fmt: skip
+    p.add_argument("--type", default="svd", dest="combination_type",
+                   help="linear, cat, svd, ties, dare_linear, dare_ties, magnitude_prune, or "
+                   "ties_svd, dare_linear_svd, dare_ties_svd, magnitude_prune_svd (default svd)")
+    p.add_argument("--svd-rank", type=int, default=None, help="rank of an svd combination "
+                   "(default: the largest input rank)")  # fmt: skip
+    p.add_argument("--density", type=float, default=None, help="fraction kept by ties / dare / "
+                   "magnitude_prune, in [0, 1]")  # fmt: skip
+    p.add_argument("--majority-sign-method", default="total", choices=["total", "frequency"])
+    p.add_argument("--seed", type=int, default=0, help="seed of DARE's random drops")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="a new folder (not the base's or an input's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=commands.cmd_combine)
 
     p = sub.add_parser("quantize", help="store a model's linear weights in 4 bits (NF4/FP4)")
     p.add_argument("--model", default=None, help="HF folder (default: the cached base model)")

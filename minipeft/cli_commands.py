@@ -15,6 +15,7 @@ from typing import Any
 from . import __version__
 
 __all__ = [
+    "cmd_combine",
     "cmd_eval",
     "cmd_finetune",
     "cmd_generate",
@@ -232,6 +233,17 @@ def cmd_merge(args: argparse.Namespace) -> int:
     merge(_model_dir(args.model, args.adapter), args.adapter, args.out, device=args.device,
           strict=args.strict, overwrite=args.overwrite)  # fmt: skip
     print(f"merged model saved to {args.out}")
+    return 0
+
+
+def cmd_combine(args: argparse.Namespace) -> int:
+    from .jobs.combine import combine  # noqa: PLC0415
+
+    combine(_model_dir(args.model, args.adapters[0]), args.adapters, args.weights, args.out,
+            combination_type=args.combination_type, svd_rank=args.svd_rank,
+            density=args.density, majority_sign_method=args.majority_sign_method,
+            seed=args.seed, device=args.device, overwrite=args.overwrite)  # fmt: skip
+    print(f"combined adapter ({args.combination_type}) saved to {args.out}")
     return 0
 
 

@@ -284,9 +284,9 @@ def test_bad_input_gives_exit_code_2_and_one_line(argv, message, work, base, cap
 
 def test_unknown_option_value_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["finetune", "--method", "adalora"])
+        main(["finetune", "--method", "vera"])
     assert exit_info.value.code == 2
-    assert "invalid choice: 'adalora'" in capsys.readouterr().err
+    assert "invalid choice: 'vera'" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- quickstart
@@ -302,3 +302,40 @@ def test_quickstart_prints_the_table(work: Path, base: Path, monkeypatch, capsys
     assert result["trainable"] > 0 and result["adapter_bytes"] > 0
     assert all(np.isfinite(v) for v in result["pretrain_domain"])
     assert (work / "qs" / "merged" / "model.safetensors").is_file()
+
+
+def test_combine_writes_an_adapter_equal_to_the_combination(work: Path, base: Path,
+                                                            adapter: Path, capsys):  # fmt: skip
+    other = work / "ad-seed1"
+    argv = ["finetune", "--method", "lora", "--model", str(base), "--task", "docstrings",
+            "--steps", "2", "--seed", "1", "--out", str(other), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    out = work / "combined"
+    argv = ["combine", "--model", str(base), "--adapters", str(adapter), str(other),
+            "--weights", "1", "0.5", "--type", "cat", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "saved to" in capsys.readouterr().out
+    assert all((out / name).is_file() for name in ADAPTER_FILES)
+    ids = tensor(np.arange(30, dtype=np.int64)[None, :] % 64)
+    both = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+    both.load_adapter(other, "other")
+    both.add_weighted_adapter(["default", "other"], [1.0, 0.5], "mix", combination_type="cat")
+    both.set_adapter("mix")
+    combined = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out)
+    with minipeft.no_grad():
+        got, want = combined(input_ids=ids).logits.numpy(), both(input_ids=ids).logits.numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    # the combined adapter's r is the sum of the ranks (cat)
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 16
+
+
+def test_combine_refuses_bad_weights_and_its_own_inputs(work: Path, base: Path,
+                                                        adapter: Path, capsys):  # fmt: skip
+    argv = ["combine", "--model", str(base), "--adapters", str(adapter), "--weights", "1", "2",
+            "--out", str(work / "c2")]  # fmt: skip
+    assert main(argv) == 2
+    assert "--weights: expected 1 numbers" in capsys.readouterr().err
+    argv = ["combine", "--model", str(base), "--adapters", str(adapter), "--weights", "1",
+            "--out", str(adapter)]  # fmt: skip
+    assert main(argv) == 2
+    capsys.readouterr()
