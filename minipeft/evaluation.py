@@ -5,6 +5,7 @@ Batches are dicts of NumPy arrays; :func:`to_device_batch` turns them into Tenso
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -53,12 +54,14 @@ def evaluate(model: Module, batches: Iterable[Batch], device: str = "cpu",
 
     Each batch's mean loss is weighted by its number of terms (next-token targets for a
     language model, examples for a classifier), so the result does not depend on how the data
-    was cut into batches.
+    was cut into batches. A model's training penalties (AdaLoRA's orthogonality term, left out
+    by its ``without_regularization()``) are not part of the loss measured here.
     """
     was_training = model.training
     model.eval()
     total, weight, correct, seen = 0.0, 0, 0, 0
-    with no_grad():
+    quiet = getattr(model, "without_regularization", contextlib.nullcontext)
+    with no_grad(), quiet():
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break

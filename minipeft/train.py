@@ -49,6 +49,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainingInterrupted",
+    "UpdateAndAllocate",
     "evaluate",
     "to_device_batch",
 ]
@@ -123,6 +124,17 @@ class Callback:
     def on_log(self, trainer: Trainer, logs: dict[str, Any]) -> None: ...
 
     def on_train_end(self, trainer: Trainer) -> None: ...
+
+
+class UpdateAndAllocate(Callback):
+    """Calls ``trainer.model.update_and_allocate(step)`` after every optimizer step, gradients
+    still present (``step`` counts from 1): AdaLoRA's importance update and rank allocation, the
+    call PEFT's training loops make. Does nothing for a model without that method."""
+
+    def on_optimizer_step(self, trainer: Trainer, step: int) -> None:
+        update = getattr(trainer.model, "update_and_allocate", None)
+        if update is not None:
+            update(step)
 
 
 @dataclass
@@ -304,7 +316,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, folder: str | os.PathLike[str]) -> None:
-        """Trainable weights, optimizer state and loop state, each file written atomically."""
+        """Trainable weights, optimizer state and loop state, each file written atomically;
+        also a model's own training state when it has one (``model.training_state()`` →
+        (arrays, JSON-able meta), e.g. AdaLoRA's importance averages and rank pattern)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         names = {id(p): n for n, p in self.model.named_parameters()}
@@ -319,6 +333,10 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "config": asdict(self.config),
             "rng": rng.bit_generator.state if self.config.device == "cpu" else None,
         }  # fmt: skip
+        model_arrays, model_meta = getattr(self.model, "training_state", lambda: ({}, {}))()
+        if model_meta:
+            save_safetensors(folder / "model_state.safetensors", model_arrays)
+            state["model_state"] = model_meta
         atomic_write_text(folder / "trainer_state.json", json.dumps(state, indent=2, default=float))
 
     def load_checkpoint(self, folder: str | os.PathLike[str] | None = None) -> None:
@@ -356,6 +374,9 @@ class Trainer:
         self._epoch, self._consumed = state["epoch"], state["consumed"]
         if state.get("rng") is not None:
             get_rng(self.config.device).bit_generator.state = state["rng"]
+        if state.get("model_state") and hasattr(self.model, "load_training_state"):
+            model_arrays = load_safetensors(folder / "model_state.safetensors")
+            self.model.load_training_state(model_arrays, state["model_state"])
         self._truncate_log(self.step)
 
     def _truncate_log(self, step: int) -> None:

@@ -317,3 +317,36 @@ def ia3_setups(draw: st.DrawFn) -> dict:
         "seed": draw(st.integers(0, 2**16)),
         "batch": tuple(draw(st.lists(st.integers(1, 3), min_size=1, max_size=2))),  # (B[, T])
     }
+
+
+# ---------------------------------------------------------------------------- AdaLoRA
+@st.composite
+def adalora_schedules(draw: st.DrawFn) -> dict:
+    """An AdaLoRA budget schedule: init_r ≥ target_r, a module count, tinit, tfinal and
+    total_step leaving a budgeting phase (PEFT's rule tinit < total_step − tfinal), deltaT."""
+    init_r = draw(st.integers(1, 12))
+    tinit, tfinal = draw(st.integers(0, 10)), draw(st.integers(0, 10))
+    return {
+        "init_r": init_r,
+        "target_r": draw(st.integers(0, init_r)),
+        "modules": draw(st.integers(1, 6)),
+        "tinit": tinit,
+        "tfinal": tfinal,
+        "total_step": tinit + tfinal + draw(st.integers(1, 40)),
+        "deltaT": draw(st.integers(1, 5)),
+    }
+
+
+@st.composite
+def adalora_setups(draw: st.DrawFn) -> dict:
+    """Toy sizes (d_in, d_hid, d_out), an initial rank, α, the fc2 layout, a dtype, a batch
+    shape and a seed, for the AdaLoRA layer properties."""
+    return {
+        "dims": tuple(draw(st.integers(1, 6)) for _ in range(3)),
+        "init_r": draw(st.integers(1, 5)),
+        "alpha": draw(st.sampled_from([0.5, 1, 8, 32])),
+        "conv": draw(st.booleans()),
+        "dtype": draw(st.sampled_from(["float32", "float64"])),
+        "seed": draw(st.integers(0, 2**16)),
+        "batch": tuple(draw(st.lists(st.integers(1, 3), min_size=1, max_size=2))),  # (B[, T])
+    }

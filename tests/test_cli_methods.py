@@ -15,7 +15,7 @@ import pytest
 
 from minipeft.cli import main
 from minipeft.cli_commands import _field_overrides
-from minipeft.peft.registry import COMBINATIONS, preset, preset_names
+from minipeft.peft.registry import COMBINATIONS, preset_class, preset_names
 
 PEFT_METHODS = [m for m in preset_names() if m != "lora"] + list(COMBINATIONS)  # LoRA: test_cli
 
@@ -51,7 +51,8 @@ def test_every_method_trains_saves_and_generates(method, work, base, capsys):
     assert "docstrings: loss" in said and "adapter saved to" in said
     config = json.loads((out / "adapter_config.json").read_text())
     if "peft_type" in config:  # PEFT's files
-        assert config["peft_type"] == preset(COMBINATIONS.get(method, (method,))[0]).peft_type
+        part = COMBINATIONS.get(method, (method,))[0]
+        assert config["peft_type"] == preset_class(part).PEFT_TYPE.value
         assert (out / "adapter_model.safetensors").is_file()
     else:  # AdapterHub's
         assert config["version"] == "adapters.1.3.0"
@@ -63,6 +64,22 @@ def test_every_method_trains_saves_and_generates(method, work, base, capsys):
            "--max-new-tokens", "4"]  # fmt: skip
     assert main(gen) == 0
     assert capsys.readouterr().out.startswith("def f(x):")
+
+
+def test_adalora_allocates_over_the_run_and_prints_its_ranks(work, base, capsys):
+    out = work / "adalora-ranks"
+    argv = ["finetune", "--method", "adalora", "--model", str(base), "--steps", "3", "--out",
+            str(out), "--quiet", "--set", "init_r=4", "target_r=2"]  # fmt: skip
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert "AdaLoRA ranks (adapter 'default'): 2/4 triplets kept" in said
+    assert "transformer.h.0.attn.c_attn       4        2" in said
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["total_step"] == 3  # the run's --steps
+    assert list(config["rank_pattern"]) == ["transformer.h.0.attn.c_attn.lora_E"]
+    assert sum(config["rank_pattern"]["transformer.h.0.attn.c_attn.lora_E"]) == 2
+    assert main([*argv, "total_step=6", "--overwrite"]) == 0  # --set wins over --steps
+    assert json.loads((out / "adapter_config.json").read_text())["total_step"] == 6
 
 
 def test_short_flags_and_set_reach_the_config(work, base):

@@ -152,7 +152,7 @@ class _CtrlCAt(Callback):
             signal.raise_signal(signal.SIGINT)
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("method", ["lora", "adalora", "full"])  # adalora: allocator state too
 def test_ctrl_c_then_resume_equals_an_uninterrupted_run(method, work, base, monkeypatch, capsys):
     argv = ["finetune", "--model", str(base), "--task", "docstring-topic", "--method", method,
             "--steps", "8", "--save-every", "3", "--quiet"]  # fmt: skip
@@ -179,7 +179,7 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(method, work, base, monk
     monkeypatch.setattr(Trainer, "__init__", init)
 
     assert main(["finetune", "--out", str(parts), "--resume", "--quiet"]) == 0
-    name = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    name = "model.safetensors" if method == "full" else "adapter_model.safetensors"
     a, b = load_safetensors(whole / name), load_safetensors(parts / name)
     assert sorted(a) == sorted(b)
     for k in a:

@@ -9,9 +9,12 @@ Methods: every name in the PEFT registry (``lora``, ``ia3``, ``seq_bn``, ``doubl
 ``par_bn``, ...) trains an adapter and saves its folder; ``full`` trains every weight and saves a
 model folder. The job builds the method's registered config from its defaults plus field
 overrides (``fields``: ``--set r=16 target_modules=q_proj,v_proj``) and a few short flags
-(:mod:`minipeft.jobs.methods`), so a new method needs no job code. Defaults depend on the
-task and the method (:data:`TASK_DEFAULTS`, measured: see the README's "docstring-topic"
-section); any of them can be set explicitly.
+(:mod:`minipeft.jobs.methods`), so a new method needs no job code: a config field named in
+``RUN_DEFAULTS`` takes the run's setting (AdaLoRA's ``total_step``: ``--steps``), the model's
+``update_and_allocate`` runs after every optimizer step, and each tuner's ``report()`` (AdaLoRA's
+final ranks) is printed at the end. Defaults depend on the task and the method
+(:data:`TASK_DEFAULTS`, measured: see the README's "docstring-topic" section); any of them can be
+set explicitly.
 
 The output folder (``--out``) is a run folder (:mod:`minipeft.jobs.runs`): ``run.json`` (the
 settings), ``metrics.jsonl``, ``checkpoint/`` while the run is unfinished, then the result.
@@ -39,7 +42,7 @@ from ..peft.provenance import base_fingerprint, labels_from_metadata
 from ..peft.registry import COMBINATIONS, QUANTIZED, preset, preset_names
 from ..tasks import Task, get_task
 from ..tokenizer import Tokenizer
-from ..train import TrainConfig, Trainer, evaluate
+from ..train import TrainConfig, Trainer, UpdateAndAllocate, evaluate
 from .methods import build_peft_configs, quantize_base
 from .runs import RUN_FILE, finish_run, prepare_run
 
@@ -310,10 +313,15 @@ def finetune(
     _check_same_base(out_dir, fingerprint, resume)
     log(f"trainable params: {trainable:,d} || all params: {total:,d} || "
         f"trainable%: {100 * trainable / total:.4f}")  # fmt: skip
-    result = Trainer(trained, cfg, data.train, data.test).train(resume=resume)
+    result = Trainer(trained, cfg, data.train, data.test,
+                     callbacks=[UpdateAndAllocate()]).train(resume=resume)  # fmt: skip
     after = result.metrics  # the Trainer evaluates after its last step
     if method != "full":
         trained.save_pretrained(out_dir)
+        for tuner in trained.tuners.values():  # e.g. AdaLoRA's final ranks
+            text = getattr(tuner, "report", lambda: None)()
+            if text:
+                log(text)
     else:
         with atomic_folder(out_dir, keep=lambda name: name not in TOKENIZER_FILES) as tmp:
             model.save_pretrained(tmp)

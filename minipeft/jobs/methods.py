@@ -13,9 +13,10 @@ from typing import Any
 
 from ..nn import Module
 from ..peft import PeftConfig, TaskType
-from ..peft.registry import COMBINATIONS, QUANTIZED, method_for, preset
+from ..peft.registry import COMBINATIONS, QUANTIZED, method_for, preset, preset_class
 
-__all__ = ["SHORT_FLAGS", "build_peft_config", "build_peft_configs", "quantize_base"]
+__all__ = ["RUN_DEFAULTS", "SHORT_FLAGS", "build_peft_config", "build_peft_configs",
+           "quantize_base"]  # fmt: skip
 
 # Short flags and the config field each one sets, the first the method's config has.
 SHORT_FLAGS: dict[str, tuple[str, ...]] = {
@@ -26,6 +27,9 @@ SHORT_FLAGS: dict[str, tuple[str, ...]] = {
     "reduction_factor": ("reduction_factor",),
     "non_linearity": ("non_linearity",),
 }
+# Config fields that, when a method's config has them and they are not given, take a setting of
+# the run: AdaLoRA's schedule spans the whole run (total_step = --steps).
+RUN_DEFAULTS: dict[str, str] = {"total_step": "steps"}
 
 
 def quantize_base(model: Module, model_path: Any, log: Any) -> None:
@@ -49,7 +53,7 @@ def build_peft_configs(method: str, settings: dict[str, Any], model: Module | No
     if method not in COMBINATIONS:
         return [("default", build_peft_config(method, settings, model, task_kind))]
     parts = COMBINATIONS[method]
-    fields_of = {part: {f.name for f in fields(type(preset(part))) if f.init} for part in parts}
+    fields_of = {part: {f.name for f in fields(preset_class(part)) if f.init} for part in parts}
     given = dict(settings.get("set") or {})
     flags = {flag: settings[flag] for flag in SHORT_FLAGS if settings.get(flag) is not None}
     for key in given:
@@ -75,7 +79,7 @@ def build_peft_config(method: str, settings: dict[str, Any], model: Module | Non
     ``set`` field overrides; a flag or field the method does not have is an error naming it.
     ``embeddings`` (with no targets given) adds the model's input embedding to the method's
     default targets."""
-    cls = type(preset(method))
+    cls = preset_class(method)
     names = {f.name for f in fields(cls) if f.init}
     values: dict[str, Any] = dict(settings.get("set") or {})
     unknown = sorted(set(values) - names)
@@ -91,6 +95,9 @@ def build_peft_config(method: str, settings: dict[str, Any], model: Module | Non
             raise ValueError(f"--{flag_name}: method {method!r} has no such setting "
                              f"({cls.__name__} has no {' or '.join(candidates)})")  # fmt: skip
         values.setdefault(field_name, settings[flag])  # --set wins over flags and defaults
+    for field_name, setting in RUN_DEFAULTS.items():
+        if field_name in names and values.get(field_name) is None and setting in settings:
+            values[field_name] = settings[setting]
     targets = values.get("target_modules")
     if isinstance(targets, (list, tuple)) and list(targets) == ["all-linear"]:
         values["target_modules"] = "all-linear"

@@ -15,6 +15,7 @@ from .peft_model import (
     get_peft_model,
 )
 from .registry import PeftMethod, method_for, preset, preset_names, register_peft_method
+from .tuners.adalora import AdaLoraConfig, AdaLoraLayer, AdaLoraModel
 from .tuners.base import BaseTuner, BaseTunerLayer
 from .tuners.bottleneck import (
     AdapterConfig,
@@ -32,6 +33,9 @@ from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 
 __all__ = [
+    "AdaLoraConfig",
+    "AdaLoraLayer",
+    "AdaLoraModel",
     "AdapterConfig",
     "BaseTuner",
     "BaseTunerLayer",

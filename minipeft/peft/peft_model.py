@@ -78,6 +78,8 @@ class PeftModel(Module):
     on the same model, so one model can carry, say, a LoRA and a bottleneck adapter trained
     together (``set_adapter(["lora", "bottleneck"])``)."""
 
+    adds_regularization = False  # tuner penalties join the loss in the task classes (PEFT's)
+
     def __init__(self, model: Module, peft_config: PeftConfig, adapter_name: str = "default"):
         super().__init__()
         config = _prepare_config(peft_config)
@@ -149,10 +151,63 @@ class PeftModel(Module):
                 return self.forward(*args, **kwargs)
         prompt = self._active_prompt()
         if prompt is None:
-            return self.base_model.model(*args, **kwargs)
+            return self._regularized(self.base_model.model(*args, **kwargs))
         if args:
             kwargs = {"input_ids": args[0], **kwargs}
-        return self.base_model.model(**prompt.prepare(kwargs))
+        return self._regularized(self.base_model.model(**prompt.prepare(kwargs)))
+
+    def _regularized(self, out: Any) -> Any:
+        """Add each tuner's :meth:`~minipeft.peft.tuners.base.BaseTuner.regularization_loss`
+        (AdaLoRA's orthogonality penalty) to ``out.loss`` when there is one, as PEFT does (in
+        eval mode too), and, as there, only in the task classes (``task_type`` CAUSAL_LM,
+        SEQ_CLS): PEFT's plain PeftModel calls the base model past its tuner's forward.
+        Never inside :meth:`without_regularization`."""
+        if not self.adds_regularization or getattr(self, "_no_regularization", False):
+            return out
+        if getattr(out, "loss", None) is None:
+            return out
+        for tuner in self.tuners.values():
+            extra = getattr(tuner, "regularization_loss", lambda: None)()
+            if extra is not None:
+                out.loss = out.loss + extra
+        return out
+
+    @contextlib.contextmanager
+    def without_regularization(self) -> Iterator[None]:
+        """Inside the block ``out.loss`` is the data's loss alone (held-out metrics use this:
+        a training penalty is no part of a perplexity)."""
+        before = getattr(self, "_no_regularization", False)
+        self._no_regularization = True
+        try:
+            yield
+        finally:
+            self._no_regularization = before
+
+    def update_and_allocate(self, global_step: int) -> None:
+        """Each tuner's per-step schedule after ``optimizer.step()``, before ``zero_grad()``
+        (AdaLoRA's rank allocation; PEFT users call ``model.base_model.update_and_allocate``)."""
+        for tuner in self.tuners.values():
+            if hasattr(tuner, "update_and_allocate"):
+                tuner.update_and_allocate(global_step)
+
+    def training_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(host arrays, JSON-able meta) of the tuners' state that is no parameter (AdaLoRA's
+        allocator), keyed by tuner; the Trainer checkpoints it, so a resumed run is exact."""
+        arrays: dict[str, Any] = {}
+        meta: dict[str, Any] = {}
+        for key, tuner in self.tuners.items():
+            tuner_arrays, tuner_meta = getattr(tuner, "training_state", lambda: ({}, {}))()
+            if tuner_meta:
+                meta[key] = tuner_meta
+                arrays.update({f"{key}/{k}": v for k, v in tuner_arrays.items()})
+        return arrays, meta
+
+    def load_training_state(self, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Restore what :meth:`training_state` returned."""
+        for key, tuner_meta in meta.items():
+            mine = {k.removeprefix(f"{key}/"): v for k, v in arrays.items()
+                    if k.startswith(f"{key}/")}  # fmt: skip
+            self.tuners[key].load_training_state(mine, tuner_meta)
 
     def _mixed_batch(self, names: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
         """The context in which layers route row i through ``names[i]`` (checked first)."""
@@ -425,9 +480,13 @@ class PeftModel(Module):
 class PeftModelForCausalLM(PeftModel):
     """A PEFT model over a causal LM (``task_type="CAUSAL_LM"``), PEFT's class of that name."""
 
+    adds_regularization = True
+
 
 class PeftModelForSequenceClassification(PeftModel):
     """A PEFT model over a classifier (``task_type="SEQ_CLS"``); its head trains with it."""
+
+    adds_regularization = True
 
 
 TASK_CLASSES: dict[str, type[PeftModel]] = {

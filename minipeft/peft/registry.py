@@ -32,6 +32,7 @@ __all__ = [
     "method_for",
     "parameter_prefixes",
     "preset",
+    "preset_class",
     "preset_names",
     "register_peft_method",
     "registered_methods",
@@ -42,6 +43,7 @@ __all__ = [
 # `minipeft.peft.config` was imported.
 _BUILTIN_METHODS = (
     "minipeft.peft.tuners.lora.config",
+    "minipeft.peft.tuners.adalora.config",
     "minipeft.peft.tuners.ia3.config",
     "minipeft.peft.tuners.bottleneck.files",  # its config, and AdapterHub's file layout
     "minipeft.peft.tuners.prompt_tuning.config",
@@ -162,6 +164,15 @@ def parameter_prefixes() -> tuple[str, ...]:
 def preset_names() -> list[str]:
     """The method names ``minipeft finetune --method`` accepts (besides ``full``)."""
     return sorted(name for m in registered_methods() for name in m.presets)
+
+
+def preset_class(name: str) -> type[PeftConfig]:
+    """The config class a method name builds, without building one (some configs have required
+    fields: AdaLoRA's ``total_step``)."""
+    for method in registered_methods():
+        if name in method.presets:
+            return method.config_class
+    raise ValueError(f"unknown method {name!r}; expected one of {', '.join(preset_names())}")
 
 
 def preset(name: str, **fields: Any) -> PeftConfig:

@@ -1,7 +1,8 @@
 """PEFT methods, one folder each, on one seam (:mod:`minipeft.peft.tuners.base`).
 
-Built in: ``lora/`` (LoRA on linear and embedding layers), ``ia3/`` (IA3 scaling vectors) and
-``bottleneck/`` (AdapterHub's bottleneck adapters: seq_bn, double_seq_bn, par_bn).
+Built in: ``lora/`` (LoRA on linear and embedding layers), ``adalora/`` (AdaLoRA: LoRA in SVD
+form with rank allocation during training), ``ia3/`` (IA3 scaling vectors) and ``bottleneck/``
+(AdapterHub's bottleneck adapters: seq_bn, double_seq_bn, par_bn).
 
 How to add a tuner
 ==================
@@ -32,6 +33,10 @@ find it through :mod:`minipeft.peft.registry`).
    ``_check_target`` to refuse a target before anything changes, ``check_mergeable`` when
    the method cannot merge, and ``to_disk_keys`` / ``from_disk_keys`` when its files are not
    PEFT's (then also register an :class:`~minipeft.peft.adapter_io.AdapterFiles`).
+   Optional hooks (AdaLoRA uses them all): ``regularization_loss()`` (a Tensor the task classes
+   add to a forward's loss), ``update_and_allocate(step)`` (run after every optimizer step by
+   the finetune job), ``training_state()`` / ``load_training_state(arrays, meta)`` (state that
+   is no parameter, kept in Trainer checkpoints) and ``report()`` (printed after training).
 4. Tests: the count of trainable parameters against the formula, "at init ≡ base", disable ⇒
    base, merge ≡ unmerged, only adapter parameters get gradients, and an interop test against
    the reference library's files and logits.

@@ -304,6 +304,16 @@ class BaseTuner(Module):
         """The config as written beside the weights (a method may record model facts)."""
         return config
 
+    # ------------------------------------------------------------------ training hooks
+    def regularization_loss(self) -> Any:
+        """A Tensor that :class:`~minipeft.peft.peft_model.PeftModel` adds to a forward's loss
+        (when the output has one), or None (the default): AdaLoRA's orthogonality penalty."""
+        return None
+
+    def report(self) -> str | None:
+        """Text the finetune job prints after training (AdaLoRA: the final ranks), or None."""
+        return None
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
 
