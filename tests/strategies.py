@@ -292,6 +292,46 @@ def lora_embedding_setups(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
+@st.composite
+def dora_setups(draw: st.DrawFn) -> dict[str, Any]:
+    """One DoRA layer: sizes d_in, d_out, rank r, α, rsLoRA, the layout (``conv``: a GPT-2
+    Conv1D, W stored (d_in, d_out)), a dtype, a batch shape (x is (*batch, d_in)) and a seed."""
+    return {
+        "d_in": draw(st.integers(1, 5)),
+        "d_out": draw(st.integers(1, 5)),
+        "r": draw(st.integers(1, 4)),
+        "alpha": draw(st.sampled_from([0.5, 1, 4, 8, 16])),
+        "rslora": draw(st.booleans()),
+        "conv": draw(st.booleans()),
+        "dtype": draw(st.sampled_from(["float32", "float64"])),
+        "batch": tuple(draw(st.lists(st.integers(1, 3), min_size=1, max_size=2))),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+@st.composite
+def lora_init_setups(draw: st.DrawFn) -> dict[str, Any]:
+    """PiSSA / OLoRA on the toy fc1 → fc2: sizes (d_in, d_hid, d_out), ranks r ≤ min(d_in,
+    d_hid) for fc1 and ≤ min(d_hid, d_out) for fc2 (``rank_pattern``), α, rsLoRA, the init
+    ("pissa", "pissa_niter_<0-3>", "olora"), the fc2 layout, a batch shape and a seed."""
+    d_in, d_hid, d_out = (draw(st.integers(1, 6)) for _ in range(3))
+    init = draw(st.sampled_from(["pissa", "olora", "pissa_niter_"]))
+    if init == "pissa_niter_":
+        init += str(draw(st.integers(0, 3)))
+    return {
+        "dims": (d_in, d_hid, d_out),
+        "r1": draw(st.integers(1, min(d_in, d_hid))),
+        "r2": draw(st.integers(1, min(d_hid, d_out))),
+        "alpha": draw(st.sampled_from([0.5, 1, 4, 8, 16])),
+        "rslora": draw(st.booleans()),
+        "init": init,
+        "conv": draw(st.booleans()),
+        "dtype": "float64",
+        "batch": tuple(draw(st.lists(st.integers(1, 3), min_size=1, max_size=2))),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
 # ---------------------------------------------------------------------------- IA3
 # feedforward_modules for a toy fc1 -> fc2 model, and the targets each one makes feed-forward.
 FEEDFORWARD = [

@@ -166,3 +166,23 @@ def test_qlora_trains_lora_on_the_4bit_base(work, base, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the adapter records the float base: no mismatch warning
         assert main(gen) == 0
+
+
+# ---------------------------------------------------------------------------- PiSSA, OLoRA
+@pytest.mark.parametrize("method", ["pissa", "olora"])
+def test_pissa_and_olora_save_plain_lora_for_the_original_base(method, work, base, capsys):
+    """The job saves the adapter converted to plain LoRA (rank 2r) relative to the original
+    base, so eval and merge on the unchanged checkpoint give the trained model's numbers."""
+    from minipeft.jobs.finetune import finetune
+    from minipeft.jobs.predict import evaluate_task
+
+    out = work / f"{method}-converted"
+    result = finetune(base, "docstrings", out, method=method, steps=2, progress=False,
+                      log=lambda *_: None)  # fmt: skip
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert (config["init_lora_weights"], config["r"], config["lora_alpha"]) == (True, 16, 32.0)
+    again = evaluate_task(base, "docstrings", adapter=out)
+    assert again["loss"] == pytest.approx(result.after["loss"], rel=1e-5)
+    merged = work / f"{method}-merged"
+    assert main(["merge", "--model", str(base), "--adapter", str(out), "--out", str(merged)]) == 0
+    assert evaluate_task(merged, "docstrings")["loss"] == pytest.approx(again["loss"], rel=1e-4)

@@ -223,9 +223,7 @@ def test_validation_names_field_expected_found(kwargs, field_name):
     assert f"LoraConfig.{field_name}" in message and "expected" in message and "found" in message
 
 
-@pytest.mark.parametrize(
-    "init", ["pissa", "pissa_niter_4", "olora", "loftq", "eva", "corda", "mica"]
-)
+@pytest.mark.parametrize("init", ["loftq", "eva", "corda", "mica"])
 def test_unimplemented_inits_are_refused(init):
     with pytest.raises(
         ValueError, match=f"found '{init}', a PEFT initialisation minipeft does not implement"
@@ -236,7 +234,6 @@ def test_unimplemented_inits_are_refused(init):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(use_dora=True),
         dict(lora_bias=True),
         dict(target_parameters=["experts.w"]),
         dict(trainable_token_indices=[1, 2]),

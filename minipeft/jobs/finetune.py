@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -32,12 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..data import classification_batches, iterate_batches, lm_blocks, tokenize_documents
 from ..fileio import atomic_folder, atomic_write_text, check_output_path
 from ..models import AutoModelForCausalLM, AutoModelForSequenceClassification, load_config
 from ..nn import Module
 from ..peft import PeftModel, TaskType, get_peft_model
-from ..peft.adapter_io import adapter_metadata, load_adapter_files
+from ..peft.adapter_io import adapter_metadata, load_adapter_files, save_adapter
 from ..peft.provenance import base_fingerprint, labels_from_metadata
 from ..peft.registry import COMBINATIONS, QUANTIZED, preset, preset_names
 from ..tasks import Task, get_task
@@ -78,6 +81,7 @@ BASE_DEFAULTS: dict[str, Any] = {
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "lora": {"r": 8, "alpha": 16.0},
     "qlora": {"r": 8, "alpha": 16.0},
+    **{m: {"r": 8, "alpha": 16.0} for m in ("rslora", "dora", "pissa", "olora")},  # LoRA's kin
 }
 TASK_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("docstrings", "lora"): {},
@@ -304,6 +308,7 @@ def finetune(
         for name, config in configs[1:]:  # a combination: its parts train together
             trained.add_adapter(name, config)
         trained.set_adapter([name for name, _ in configs])
+        initial = _initial_adapters(trained, configs)  # PiSSA / OLoRA: to convert at the end
         fingerprint = trained.base_fingerprint  # taken before injection, as saved adapters do
         trainable, total = trained.get_nb_trainable_parameters()
     else:
@@ -317,7 +322,7 @@ def finetune(
                      callbacks=[UpdateAndAllocate()]).train(resume=resume)  # fmt: skip
     after = result.metrics  # the Trainer evaluates after its last step
     if method != "full":
-        trained.save_pretrained(out_dir)
+        _save_adapters(trained, out_dir, initial)
         for tuner in trained.tuners.values():  # e.g. AdaLoRA's final ranks
             text = getattr(tuner, "report", lambda: None)()
             if text:
@@ -330,6 +335,28 @@ def finetune(
     return FinetuneResult(str(out_dir), data.metric, before, after, trainable, total,
                           result_bytes(out_dir), time.perf_counter() - start, result.history,
                           method, the_task.name)  # fmt: skip
+
+
+def _initial_adapters(model: Any, configs: list[tuple[str, Any]]) -> dict[str, Any] | None:
+    """The adapters' starting tensors (copies) when injecting them rewrote base weights
+    (PiSSA / OLoRA), else None. A resumed run recomputes the same start from the same base."""
+    if not any(config.changes_base_weights for _, config in configs):
+        return None
+    return {name: {k: np.array(v) for k, v in model.adapter_state_dict(name).items()}
+            for name, _ in configs}  # fmt: skip
+
+
+def _save_adapters(model: Any, out_dir: Path, initial: dict[str, Any] | None) -> None:
+    """Save the adapters; with a start recorded, converted to plain LoRA for the original base
+    (PEFT's ``path_initial_model_for_weight_conversion``), so that generate, eval and merge
+    use the unchanged base checkpoint."""
+    if initial is None:
+        model.save_pretrained(out_dir)
+        return
+    with tempfile.TemporaryDirectory() as start:
+        for name, tensors in initial.items():
+            save_adapter(start, model.peft_config[name], tensors, name)
+        model.save_pretrained(out_dir, path_initial_model_for_weight_conversion=start)
 
 
 def _check_same_base(out_dir: Path, fingerprint: str, resume: bool) -> None:

@@ -249,6 +249,13 @@ class PeftConfig:
         """True for methods that learn virtual tokens instead of wrapping modules."""
         return False
 
+    @property
+    def changes_base_weights(self) -> bool:
+        """True when injecting the adapter rewrites base weights (LoRA's PiSSA / OLoRA keep a
+        residual there), so that its files apply to the original base only once converted
+        (``save_pretrained(..., path_initial_model_for_weight_conversion=...)``)."""
+        return False
+
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready dict with exactly the keys PEFT writes (plus kept unknown keys)."""
         out = {f.name: _plain(getattr(self, f.name)) for f in fields(self)}

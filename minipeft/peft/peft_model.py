@@ -373,9 +373,16 @@ class PeftModel(Module):
         return tuner.to_disk_keys(sd, adapter_name)
 
     def save_pretrained(self, save_directory: str | os.PathLike[str],
-                        selected_adapters: list[str] | None = None) -> None:  # fmt: skip
+                        selected_adapters: list[str] | None = None,
+                        path_initial_model_for_weight_conversion: str | os.PathLike[str] | None
+                        = None) -> None:  # fmt: skip
         """Write each adapter in its method's format (PEFT's, or AdapterHub's for bottleneck
         adapters); non-default ones go into ``save_directory/<name>/``.
+
+        ``path_initial_model_for_weight_conversion`` (PEFT's): the folder where this adapter was
+        saved right after a PiSSA / OLoRA initialisation; the adapter is then saved as plain
+        LoRA (rank 2r) that applies to the original base weights (the tuner's
+        ``convert_for_initial_model``). Unlike PEFT, that folder is only read, never rewritten.
 
         The folder is written as a whole (a failure leaves the previous content); entries this
         save does not write (other adapters, a run's checkpoint and logs) are kept. Besides
@@ -395,7 +402,12 @@ class PeftModel(Module):
                 if not getattr(config, "base_model_name_or_path", None):
                     config.base_model_name_or_path = getattr(base, "name_or_path", None)
                 config = tuner.config_for_saving(config, name)
-                save_adapter(tmp, config, self.adapter_state_dict(name), name, metadata,
+                tensors = self.adapter_state_dict(name)
+                if path_initial_model_for_weight_conversion is not None:
+                    initial = path_initial_model_for_weight_conversion
+                    config, tensors = tuner.convert_for_initial_model(config, tensors, name,
+                                                                      initial)  # fmt: skip
+                save_adapter(tmp, config, tensors, name, metadata,
                              fmt=method_for(config).files)  # fmt: skip
 
     @classmethod

@@ -304,6 +304,17 @@ class BaseTuner(Module):
         """The config as written beside the weights (a method may record model facts)."""
         return config
 
+    def convert_for_initial_model(
+        self, config: PeftConfig, tensors: dict[str, Any], adapter_name: str, initial: Any
+    ) -> tuple[PeftConfig, dict[str, Any]]:
+        """``save_pretrained(..., path_initial_model_for_weight_conversion=initial)``: the
+        (config, on-disk tensors) to save instead, for a method whose initialisation changed
+        the base weights (LoRA's PiSSA / OLoRA). Other methods refuse."""
+        raise ValueError(
+            f"path_initial_model_for_weight_conversion: {type(self).__name__} adapters "
+            f"(peft_type {config.peft_type}) leave the base weights as they are; save without it"
+        )
+
     # ------------------------------------------------------------------ training hooks
     def regularization_loss(self) -> Any:
         """A Tensor that :class:`~minipeft.peft.peft_model.PeftModel` adds to a forward's loss

@@ -3,7 +3,9 @@
 LoRA (Hu et al., 2021) replaces ``y = x W^T`` by ``y = x W^T + s * (dropout(x) A^T) B^T`` with
 A (r, in), B (out, r) and the scaling ``s = lora_alpha / r`` (or ``lora_alpha / sqrt(r)`` with
 rank-stabilised LoRA, Kalajdzievski 2023). ``rank_pattern`` / ``alpha_pattern`` override r and
-alpha per module (see :func:`minipeft.peft.config.get_pattern_key`).
+alpha per module (see :func:`minipeft.peft.config.get_pattern_key`). ``use_dora`` adds DoRA's
+trained magnitude (:mod:`.dora`); ``init_lora_weights="pissa"`` / ``"pissa_niter_N"`` /
+``"olora"`` start A and B from the base weight, which keeps the residual (:mod:`.init`).
 
 Field names, defaults and JSON keys mirror Hugging Face PEFT 0.21.2. Importing this module
 registers LoRA in :mod:`minipeft.peft.registry` (``peft_type: "LORA"``, prefix ``lora_``,
@@ -24,10 +26,11 @@ from minipeft.peft.registry import register_peft_method
 __all__ = ["LoraConfig"]
 
 # PEFT initialisations that need data, an SVD or a quantiser; named so the error can say so.
-_UNSUPPORTED_INITS = ("eva", "olora", "pissa", "corda", "loftq", "orthogonal", "mica", "lora_ga")
+_UNSUPPORTED_INITS = ("eva", "corda", "loftq", "orthogonal", "mica", "lora_ga")
+# Initialisations from the base weight (besides "pissa_niter_<N>", N >= 0 subspace iterations).
+_BASE_WEIGHT_INITS = ("pissa", "olora")
 # Fields that switch on a LoRA variant we do not implement: (value meaning "off", what it enables).
 _UNSUPPORTED_FEATURES: dict[str, tuple[Any, str]] = {
-    "use_dora": (False, "DoRA"),
     "lora_bias": (False, "a bias on lora_B"),
     "use_qalora": (False, "QA-LoRA"),
     "target_parameters": (None, "LoRA on bare nn.Parameters"),
@@ -106,12 +109,27 @@ class LoraConfig(PeftConfig):
                 note = f" (minipeft does not implement {feature})"
                 raise self._bad(name, repr(off), getattr(self, name), note)
         init = self.init_lora_weights
-        if not isinstance(init, bool) and init != "gaussian":
+        niter = isinstance(init, str) and init.startswith("pissa_niter_")
+        if niter and not init.removeprefix("pissa_niter_").isdigit():
+            raise self._bad("init_lora_weights", "'pissa_niter_<number of iterations>'", init)
+        if not (isinstance(init, bool) or init in ("gaussian", *_BASE_WEIGHT_INITS) or niter):
             known = isinstance(init, str) and (
-                init in _UNSUPPORTED_INITS or init.startswith(("pissa_niter_", "corda"))
+                init in _UNSUPPORTED_INITS or init.startswith("corda")
             )
             note = ", a PEFT initialisation minipeft does not implement" if known else ""
-            raise self._bad("init_lora_weights", "True, False or 'gaussian'", init, note)
+            raise self._bad("init_lora_weights", "True, False, 'gaussian', 'pissa', "
+                            "'pissa_niter_<N>' or 'olora'", init, note)  # fmt: skip
+        if (
+            self.use_rslora
+            and (self.rank_pattern or self.alpha_pattern)
+            and (init in _BASE_WEIGHT_INITS or niter)
+        ):
+            warnings.warn(
+                "LoraConfig: rsLoRA with rank_pattern/alpha_pattern and init_lora_weights="
+                f"{init!r} cannot be saved with path_initial_model_for_weight_conversion "
+                "(as in PEFT)",
+                stacklevel=3,
+            )
         if self.loftq_config:
             warnings.warn("LoraConfig: `loftq_config` is ignored (no LoftQ here)", stacklevel=3)
             self.loftq_config = {}
@@ -128,7 +146,7 @@ class LoraConfig(PeftConfig):
             raise self._bad("lora_dropout", "a number in [0, 1)", self.lora_dropout)
         if self.bias not in ("none", "all", "lora_only"):
             raise self._bad("bias", "'none', 'all' or 'lora_only'", self.bias)
-        for name in ("fan_in_fan_out", "use_rslora"):
+        for name in ("fan_in_fan_out", "use_rslora", "use_dora"):
             if not isinstance(getattr(self, name), bool):
                 raise self._bad(name, "a bool", getattr(self, name))
 
@@ -173,6 +191,14 @@ class LoraConfig(PeftConfig):
                     raise self._bad(f"{name}[{key!r}]", expected, value)
             setattr(self, name, dict(pattern))
 
+    @property
+    def changes_base_weights(self) -> bool:
+        """PiSSA and OLoRA leave W − s·B A in the base weights (:mod:`.init`); a subclass
+        with layers of its own (AdaLoRA) initialises as they do."""
+        init = self.init_lora_weights
+        own = type(self).PEFT_TYPE is PeftType.LORA
+        return own and isinstance(init, str) and init.startswith(("pissa", "olora"))
+
     def get_r(self, module_name: str) -> int:
         """Rank for ``module_name`` (relative to the base model: ``transformer.h.0.attn.c_attn``),
         applying ``rank_pattern`` via :func:`get_pattern_key`."""
@@ -195,5 +221,11 @@ register_peft_method(
     prefix="lora_",
     # PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, for the architectures we build.
     default_targets={"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]},
-    presets={"lora": {}},
+    presets={
+        "lora": {},
+        "rslora": {"use_rslora": True},
+        "dora": {"use_dora": True},
+        "pissa": {"init_lora_weights": "pissa"},
+        "olora": {"init_lora_weights": "olora"},
+    },
 )

@@ -10,7 +10,9 @@ for embeddings, taken from loralib: the reverse of a linear layer's, so again Δ
 initialisation while the gradient of A is not zero). No dropout is applied on this path, as in
 PEFT. The lookup of Aᵀ uses the base layer's ``padding_idx``, so, as in PEFT, the column of A for
 the padding token gets no gradient. The update has r · (V + C) parameters instead of V · C;
-merging ``E ← E + s·(B A)ᵀ`` removes it.
+merging ``E ← E + s·(B A)ᵀ`` removes it. With ``use_dora`` the output is rescaled per embedding
+feature by a trained magnitude over the norms ‖E + ΔE‖ taken over the vocabulary (PEFT's
+``DoraEmbeddingLayer``, :func:`.dora.embedding_output`).
 
 Shapes: ids (...) → Aᵀ[ids] (..., r) → @ Bᵀ (..., C).
 """
@@ -26,6 +28,7 @@ from ....nn import init as nn_init
 from ....nn.layers import _PaddedEmbeddingFn
 from ....tensor import Tensor
 from ..base import is_embedding
+from . import dora
 from .layer import LoraLayer
 
 __all__ = ["LoraEmbedding"]
@@ -36,11 +39,14 @@ class LoraEmbedding(LoraLayer):
     (C, r), bare Parameters as in PEFT (state-dict keys ``...wte.lora_embedding_A.default``).
     Adapter state, set/delete and merge/unmerge are :class:`LoraLayer`'s.
 
-    ``fan_in_fan_out`` is accepted for the tuner's sake and ignored: a table is always (V, C).
+    ``fan_in_fan_out`` is accepted for the tuner's sake and ignored: a table is always (V, C),
+    i.e. (d_in, d_out) (``weight_transposed``).
     """
 
-    adapter_layer_names = ("lora_embedding_A", "lora_embedding_B")
-    other_param_names = ("r", "lora_alpha", "scaling")
+    weight_transposed = True  # E (V, C) = (d_in, d_out): DoRA's norms run over V, per feature
+
+    adapter_layer_names = ("lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
+    other_param_names = ("r", "lora_alpha", "scaling", "dora_merged_norm")
 
     def __init__(self, base_layer: Module, fan_in_fan_out: bool = False) -> None:
         Module.__init__(self)  # not LoraLayer's: it checks the linear contract
@@ -80,19 +86,21 @@ class LoraEmbedding(LoraLayer):
         lora_dropout: float = 0.0,
         init_lora_weights: bool | str = True,
         use_rslora: bool = False,
+        use_dora: bool = False,
     ) -> None:
-        """Add adapter ``adapter_name``: A (r, V), B (C, r), scaling α/r (or α/√r).
+        """Add adapter ``adapter_name``: A (r, V), B (C, r), scaling α/r (or α/√r), and with
+        ``use_dora`` a magnitude (C,).
 
         ``lora_dropout`` is accepted and not used: PEFT's embedding forward applies none."""
         self._check_rank(r)
         kw = self._adapter_factory_kwargs()
         self.lora_embedding_A[adapter_name] = Parameter(randn(r, self.in_features, **kw))
         self.lora_embedding_B[adapter_name] = Parameter(randn(self.out_features, r, **kw))
-        self._finish_update(adapter_name, r, lora_alpha, init_lora_weights, use_rslora)
+        self._finish_update(adapter_name, r, lora_alpha, init_lora_weights, use_rslora, use_dora)
 
     def reset_lora_parameters(self, adapter_name: str, init: bool | str) -> None:
-        """True, and "gaussian" too (PEFT treats every init of an embedding alike): A = 0,
-        B ~ N(0, 1). False: both keep their random N(0, 1) start (for tests)."""
+        """True, and "gaussian", "pissa", "olora" too (PEFT treats every init of an embedding
+        alike): A = 0, B ~ N(0, 1). False: both keep their random N(0, 1) start (for tests)."""
         if init is False:
             return
         nn_init.zeros_(self.lora_embedding_A[adapter_name])
@@ -108,6 +116,10 @@ class LoraEmbedding(LoraLayer):
                 "(tie_word_embeddings): the merged table would change the output layer too, so "
                 "the merged model would not compute what the adapter does; keep it unmerged"
             )
+
+    def lora_factors(self, adapter_name: str) -> tuple[Any, Any]:
+        """(A (r, V), B (C, r)) of adapter ``adapter_name``."""
+        return self.lora_embedding_A[adapter_name], self.lora_embedding_B[adapter_name]
 
     def get_delta_weight(self, adapter_name: str) -> Any:
         """ΔE = s · (B A)ᵀ as a raw array shaped like the table (V, C), in the table's dtype."""
@@ -129,7 +141,10 @@ class LoraEmbedding(LoraLayer):
                                         padding_idx=pad)  # fmt: skip
 
     def add_adapter_output(self, name: str, x: Any, result: Any) -> Any:
-        """``result + s · Aᵀ[ids] Bᵀ`` for adapter ``name`` (rows of ``x`` and ``result``)."""
+        """``result + s · Aᵀ[ids] Bᵀ`` for adapter ``name`` (rows of ``x`` and ``result``);
+        DoRA: the magnitude over the norm times both (:func:`.dora.embedding_output`)."""
+        if self.uses_dora(name):
+            return dora.embedding_output(self, name, x, result)
         after_a = self._embed(x, self.lora_embedding_A[name].T)  # (..., r): rows of Aᵀ
         update = (after_a @ self.lora_embedding_B[name].T) * self.scaling[name]  # (..., C)
         return result + (update if update.dtype == result.dtype else update.to(result.dtype))

@@ -5,17 +5,25 @@ This is PEFT's ``peft.tuners.lora.LoraModel`` on the tuner seam
 (:class:`~minipeft.peft.tuners.base.BaseTuner`): the base class resolves the targets, freezes by
 the ``lora_`` prefix and writes set / delete / merge / unload once; this class only says what a
 LoRA target is and how one is wrapped. Besides the adapters, ``bias`` may train some biases.
+DoRA's magnitudes are saved under PEFT's key ``...lora_magnitude_vector`` (in memory
+``...lora_magnitude_vector.<adapter>.weight``, as in PEFT); a PiSSA / OLoRA adapter can be
+saved converted to plain LoRA for the original base (:func:`.init.convert_to_lora`).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ....nn import Module
+from ...adapter_io import load_adapter_files
 from ..base import BaseTuner, is_embedding, is_linear
 from .config import LoraConfig
 from .embedding import LoraEmbedding
+from .init import check_base_weight_init, check_convertible, convert_to_lora
 from .layer import LoraLayer
+
+_MAGNITUDE = ".lora_magnitude_vector"  # PEFT's on-disk key for DoRA's m (no adapter, no .weight)
 
 __all__ = ["LoraModel", "lora_shape_hints"]
 
@@ -73,6 +81,9 @@ class LoraModel(BaseTuner):
                 "layers (in_features, out_features, weight) and embedding layers "
                 "(num_embeddings, embedding_dim, weight) only"
             )
+        base = module.base_layer if isinstance(module, LoraLayer) else module
+        check_base_weight_init(name, base, config.get_r(name), config.scaling_for(name),
+                               config.init_lora_weights)  # fmt: skip
 
     def _create_and_replace(self, config: LoraConfig, adapter_name: str, target_name: str,
                             target: Module) -> None:  # fmt: skip
@@ -90,6 +101,7 @@ class LoraModel(BaseTuner):
             lora_dropout=config.lora_dropout,
             init_lora_weights=config.init_lora_weights,
             use_rslora=config.use_rslora,
+            use_dora=config.use_dora,
         )
 
     shape_hints = staticmethod(lora_shape_hints)
@@ -102,6 +114,20 @@ class LoraModel(BaseTuner):
 
         add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, **kwargs)
 
+    def to_disk_keys(self, state_dict: dict[str, Any], adapter_name: str) -> dict[str, Any]:
+        out = super().to_disk_keys(state_dict, adapter_name)  # ...lora_magnitude_vector.weight
+        return {k.removesuffix(".weight") if k.endswith(f"{_MAGNITUDE}.weight") else k: v
+                for k, v in out.items()}  # fmt: skip
+
+    def convert_for_initial_model(
+        self, config: LoraConfig, tensors: dict[str, Any], adapter_name: str, initial: Any
+    ) -> tuple[LoraConfig, dict[str, Any]]:
+        """The adapter as plain LoRA relative to the weights before a PiSSA / OLoRA
+        initialisation, from its initial tensors saved in ``initial``."""
+        check_convertible(config)  # before reading anything
+        _, start = load_adapter_files(initial, adapter_name)
+        return convert_to_lora(config, tensors, start, os.fspath(initial))
+
     def from_disk_keys(self, tensors: dict[str, Any], adapter_name: str,
                        shapes: dict[str, Any], source: Any) -> dict[str, Any]:  # fmt: skip
         # PEFT also saves the whole table of a targeted embedding named like a vocabulary
@@ -113,7 +139,10 @@ class LoraModel(BaseTuner):
             and isinstance(self._module_at(k.removesuffix(".base_layer.weight")), LoraEmbedding)
         }
         rest = {k: v for k, v in tensors.items() if k not in tables}
-        return {**super().from_disk_keys(rest, adapter_name, shapes, source), **tables}
+        memory = super().from_disk_keys(rest, adapter_name, shapes, source)
+        memory = {f"{k}.weight" if k.endswith(f"{_MAGNITUDE}.{adapter_name}") else k: v
+                  for k, v in memory.items()}  # fmt: skip
+        return {**memory, **tables}
 
     def _module_at(self, peft_key: str) -> Module | None:
         """The module at a PeftModel-relative name (``base_model.model.<name>``), if any."""
