@@ -3,8 +3,9 @@
 Two LoRA adapters made by PEFT (non-zero B) are loaded into both libraries and combined there;
 the combined adapter gives the same logits in both for every deterministic combination type
 (``linear``, ``cat``, ``svd``, ``ties``, ``magnitude_prune`` and their SVD variants), and a mixed
-batch gives PEFT's logits. Where PEFT is wrong (its issue #3761: one rsLoRA adapter with weight
-1.0 does not reproduce itself) minipeft reproduces the adapter and the test shows PEFT's error.
+batch gives PEFT's logits. Where PEFT is wrong (its issue #3761: one rsLoRA or DoRA adapter
+with weight 1.0 does not reproduce itself) minipeft reproduces the adapter, and the test shows
+PEFT's error.
 """
 
 from __future__ import annotations
@@ -75,11 +76,15 @@ def test_combinations_agree_with_peft(arch, kind, gpt2_dir, llama_dir, tmp_path)
     np.testing.assert_allclose(our_logits(ours), expected, atol=TOL, rtol=0)
 
 
-def test_weight_one_rslora_reproduces_the_adapter_where_peft_does_not(
+@pytest.mark.parametrize("variant", ["use_rslora", "use_dora"])
+def test_weight_one_reproduces_the_adapter_where_peft_does_not(
+    variant,
     gpt2_dir,  # noqa: F811
     tmp_path,
 ) -> None:
-    theirs, ours = _peft_adapters(gpt2_dir, "gpt2", tmp_path, use_rslora=True)
+    theirs, ours = _peft_adapters(gpt2_dir, "gpt2", tmp_path, **{variant: True})
+    if variant == "use_dora":  # trained magnitudes (PEFT starts them at ‖W‖ and keeps that)
+        _scale_magnitudes(ours, theirs)
     ours.set_adapter("one")
     original = our_logits(ours)
     theirs.set_adapter("one")
@@ -90,6 +95,19 @@ def test_weight_one_rslora_reproduces_the_adapter_where_peft_does_not(
     theirs.set_adapter("mix")
     np.testing.assert_allclose(our_logits(ours), original, atol=TOL, rtol=0)
     assert np.abs(hf_logits(theirs) - original).max() > 1e-2  # PEFT's issue #3761
+
+
+def _scale_magnitudes(ours, theirs) -> None:
+    """Multiply each DoRA magnitude by the same random factors in both libraries."""
+    rng = np.random.default_rng(3)
+    mine = {n: p for n, p in ours.named_parameters() if "lora_magnitude_vector" in n}
+    for name, p in theirs.named_parameters():
+        if "lora_magnitude_vector" not in name:
+            continue
+        factor = rng.uniform(0.5, 1.5, size=tuple(p.shape)).astype(np.float32)
+        with torch.no_grad():
+            p.mul_(torch.tensor(factor))
+        mine[name].data[...] *= factor
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

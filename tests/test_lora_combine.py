@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from toys import Toy, inputs, out
 
 import minipeft as mp
+from minipeft.models import GPT2Config, GPT2LMHeadModel
 from minipeft.peft import LoraConfig, get_peft_model
 from minipeft.peft import merge_utils as mu
 
@@ -83,6 +84,71 @@ def test_weight_one_gives_back_the_adapter(setup: dict, kind: str) -> None:
     model.set_adapter("c")
     np.testing.assert_allclose(out(model, x), expected, atol=1e-10, rtol=0)
     assert model.peft_config["c"].use_rslora is False  # scale 1: r = alpha
+
+
+def _train_magnitudes(model) -> None:
+    """Give every DoRA magnitude a trained-looking value (m ≠ ‖W‖)."""
+    rng = np.random.default_rng(5)
+    for module in model.modules():
+        for vector in getattr(module, "lora_magnitude_vector", {}).values():
+            vector.weight.data[...] *= rng.uniform(0.5, 1.5, size=vector.weight.shape)
+
+
+@settings(max_examples=15, deadline=None)
+@given(setup=setups(), kind=st.sampled_from(["linear", "svd", "cat"]))
+def test_weight_one_gives_back_a_dora_adapter(setup: dict, kind: str) -> None:
+    model = two_adapters(setup, use_dora=True)
+    _train_magnitudes(model)
+    x = inputs(setup)
+    model.set_adapter("a")
+    expected = out(model, x)
+    model.add_weighted_adapter(["a"], [1.0], "c", combination_type=kind)
+    model.set_adapter("c")
+    np.testing.assert_allclose(out(model, x), expected, atol=1e-10, rtol=0)
+    # weight 0: the base model (magnitude back to ‖W‖, direction unchanged)
+    model.add_weighted_adapter(["a"], [0.0], "zero", combination_type=kind)
+    model.set_adapter("zero")
+    with model.disable_adapter():
+        base = out(model, x)
+    np.testing.assert_allclose(out(model, x), base, atol=1e-10, rtol=0)
+
+
+def test_dora_magnitudes_combine_as_task_arithmetic() -> None:
+    setup = {"dims": (3, 4, 5), "conv": True, "r": 2, "alpha": 4, "seed": 7, "dtype": "float64"}
+    model = two_adapters(setup, use_dora=True)
+    _train_magnitudes(model)
+    model.add_weighted_adapter(["a", "b"], [0.3, 0.9], "c", combination_type="cat")
+    layer = model.get_submodule("base_model.model.fc2")
+    w = layer.base_layer.weight.numpy()
+    n = np.linalg.norm(w, axis=0)  # Conv1D stores (d_in, d_out): one norm per output
+    m = {k: layer.lora_magnitude_vector[k].weight.numpy() for k in ("a", "b", "c")}
+    np.testing.assert_allclose(m["c"], n + 0.3 * (m["a"] - n) + 0.9 * (m["b"] - n), atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["linear", "svd", "cat"])
+def test_dora_on_an_embedding_and_attention_combines_exactly(kind: str) -> None:
+    cfg = GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=40, n_positions=16)
+    mp.manual_seed(0)
+    config = LoraConfig(
+        r=2, target_modules=["c_attn", "wte"], use_dora=True, init_lora_weights=False
+    )
+    model = get_peft_model(GPT2LMHeadModel(cfg, seed=0), config, adapter_name="a").eval()
+    _train_magnitudes(model)
+    ids = np.arange(12)[None] % 40
+    with mp.no_grad():
+        expected = model(input_ids=ids).logits.numpy()
+        model.add_weighted_adapter(["a"], [1.0], "c", combination_type=kind)
+        model.set_adapter("c")
+        got = model(input_ids=ids).logits.numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def test_mixing_dora_and_lora_is_refused() -> None:
+    setup = {"dims": (3, 4, 5), "conv": False, "r": 2, "alpha": 4, "seed": 0, "dtype": "float64"}
+    model = two_adapters(setup)
+    model.add_adapter("d", LoraConfig(r=2, target_modules=["fc1", "fc2"], use_dora=True))
+    with pytest.raises(ValueError, match="mix DoRA and plain LoRA"):
+        model.add_weighted_adapter(["a", "d"], [1, 1], "c", combination_type="cat")
 
 
 @settings(max_examples=15, deadline=None)

@@ -40,6 +40,7 @@ from ... import merge_utils
 from ...modules_to_save import ModulesToSaveWrapper
 from ..base import get_base_weight
 from .config import LoraConfig
+from .dora import weight_norm
 
 __all__ = ["COMBINATION_TYPES", "add_weighted_adapter"]
 
@@ -132,10 +133,9 @@ def _combine_layer(
 
 
 def _row_norms(layer: Any) -> Any:
-    """‖W‖ per output row (per token for a table): an untrained DoRA adapter's magnitude."""
-    weight = get_base_weight(layer.base_layer)
-    weight = weight.T if getattr(layer, "fan_in_fan_out", False) else weight
-    return xp_of(weight).linalg.norm(weight.astype(np.float64), axis=1)
+    """‖W‖ per output feature (the norm DoRA takes): an untrained DoRA adapter's magnitude."""
+    weight = get_base_weight(layer.base_layer).astype(np.float64)
+    return weight_norm(weight, 0.0, layer.weight_transposed)
 
 
 def _check(
@@ -197,6 +197,8 @@ def _check(
             f"{where}: adapters mix DoRA and plain LoRA ({list(adapters)}); "
             "combine DoRA adapters only with DoRA adapters"
         )
+    if any(layer.merged for layer in tuner.tuner_layers()):
+        raise ValueError(f"{where}: unmerge the merged adapters first")
     kinds = {isinstance(tuner.peft_config[n].target_modules, str) for n in adapters}
     if len(kinds) > 1:
         raise ValueError(
