@@ -191,8 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", nargs="+", type=float, required=True,
                    help="one weight per adapter (negative subtracts)")  # fmt: skip
     p.add_argument("--type", default="svd", dest="combination_type",
-                   help="linear, cat, svd, ties, dare_linear, dare_ties, magnitude_prune, or "
-                   "ties_svd, dare_linear_svd, dare_ties_svd, magnitude_prune_svd (default svd)")
+                   help="linear, cat, svd, ties, dare_linear, dare_ties, magnitude_prune, "
+                   "or their _svd forms (default svd)")  # fmt: skip
     p.add_argument("--svd-rank", type=int, default=None, help="rank of an svd combination "
                    "(default: the largest input rank)")  # fmt: skip
     p.add_argument("--density", type=float, default=None, help="fraction kept by ties / dare / "
