@@ -5,7 +5,7 @@
     minipeft quickstart                             # pretrain (cached) → LoRA → merge → table
     minipeft pretrain [--out DIR] [--overwrite]     # a small GPT-2 on offline text
     minipeft generate [--model DIR] [--adapter DIR] --prompt TEXT
-    minipeft finetune --method lora|ia3|seq_bn|double_seq_bn|par_bn|full --task docstrings|
+    minipeft finetune --method lora|dora|adalora|pissa|ia3|seq_bn|prefix|...|full --task docstrings|
                       docstring-topic [--out DIR] [--set FIELD=VALUE ...]
     minipeft predict [--model DIR] [--adapter DIR] --text TEXT | --file F
     minipeft eval [--model DIR] [--adapter DIR] --task NAME

@@ -374,10 +374,16 @@ def test_the_package_summary_names_only_methods_that_exist():
     assert "LoRA" in summary
     needs = {"AdaLoRA": "AdaLoraConfig", "QLoRA": "Linear4bit", "NF4": "Linear4bit",
              "IA3": "IA3Config", "adapters": "AdapterConfig", "prefix": "PrefixTuningConfig",
-             "prompt": "PromptTuningConfig", "DoRA": "use_dora"}  # fmt: skip
+             "prompt": "PromptTuningConfig"}  # fmt: skip
     for word, attribute in needs.items():
         if word in summary:
             assert hasattr(peft, attribute), f"the summary names {word}, which does not exist"
+    if "DoRA" in summary:  # a LoRA variant: the config must accept it
+        assert peft.LoraConfig(use_dora=True).use_dora
+    if "PiSSA" in summary:
+        assert peft.LoraConfig(init_lora_weights="pissa").init_lora_weights == "pissa"
+    if "combining" in summary:
+        assert hasattr(peft.PeftModel, "add_weighted_adapter")
 
 
 def _interrupt_at(monkeypatch, step: int) -> None:
