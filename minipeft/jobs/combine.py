@@ -50,9 +50,14 @@ def combine(
     for i, folder in enumerate(adapters[1:], start=1):
         model.load_adapter(folder, f"a{i}")
         names.append(f"a{i}")
-    model.add_weighted_adapter(names, list(weights), "combined", combination_type=combination_type,
-                               svd_rank=svd_rank, density=density,
-                               majority_sign_method=majority_sign_method, seed=seed)  # fmt: skip
+    try:
+        model.add_weighted_adapter(names, list(weights), "combined",
+                                   combination_type=combination_type, svd_rank=svd_rank,
+                                   density=density, majority_sign_method=majority_sign_method,
+                                   seed=seed)  # fmt: skip
+    except ValueError as exc:  # say which folder each adapter name is
+        folders = ", ".join(f"{n!r} = {os.fspath(a)}" for n, a in zip(names, adapters))
+        raise ValueError(f"{exc} (adapters: {folders})") from exc
     with atomic_folder(out) as tmp:
         model.save_pretrained(tmp, selected_adapters=["combined"])
         for entry in (tmp / "combined").iterdir():  # the adapter at the folder's top

@@ -310,7 +310,7 @@ class PeftModel(AdapterFilesMixin, Module):
         tuner = self.tuner_of(adapters[0])
         if not hasattr(tuner, "add_weighted_adapter"):
             raise ValueError(f"add_weighted_adapter combines LoRA adapters; {adapters[0]!r} is "
-                             f"a {type(tuner).__name__} adapter")  # fmt: skip
+                             f"an adapter of {type(tuner).__name__}")  # fmt: skip
         tuner.add_weighted_adapter(adapters, weights, adapter_name, combination_type, **kwargs)
 
     @contextlib.contextmanager
