@@ -34,7 +34,7 @@ from ..config import PeftConfig, resolve_target_modules
 from ..matching import find_targets, is_module_to_save
 from ..modules_to_save import ModulesToSaveWrapper
 from ..registry import parameter_prefixes
-from .base_layer import BaseTunerLayer, inside_adapter
+from .base_layer import AdditiveTunerLayer, BaseTunerLayer, inside_adapter
 from .contract import (
     adapter_factory,
     check_finite,
@@ -48,6 +48,7 @@ from .contract import (
 )
 
 __all__ = [
+    "AdditiveTunerLayer",
     "BaseTuner",
     "BaseTunerLayer",
     "adapter_factory",

@@ -8,10 +8,11 @@ from typing import Any
 
 from ...autograd import no_grad
 from ...nn import Module
+from ..mixed_batch import current_adapter_names, mixed_batch_output
 from ..modules_to_save import ModulesToSaveWrapper
 from .contract import adapter_factory, check_finite, get_base_weight, is_linear, set_base_weight
 
-__all__ = ["BaseTunerLayer", "inside_adapter"]
+__all__ = ["AdditiveTunerLayer", "BaseTunerLayer", "inside_adapter"]
 
 
 def inside_adapter(name: str, modules: dict[str, Module]) -> bool:
@@ -172,3 +173,31 @@ class BaseTunerLayer(Module):
                 self.unmerge()
             return True
         return self.merged
+
+
+class AdditiveTunerLayer(BaseTunerLayer):
+    """A tuner layer whose adapters *add* to the base output, ``y = base(x) + Σ_a Δ_a(x)``
+    (LoRA and its family). ``forward`` is written once here: the base output, then each
+    active adapter's :meth:`add_adapter_output`, or, in a mixed batch
+    (:mod:`~minipeft.peft.mixed_batch`), each row's own adapter on its rows."""
+
+    def forward(self, x: Any) -> Any:
+        base_only = self._disabled_or_merged()  # first: disabling unmerges
+        result = self.base_layer(x)
+        if base_only:
+            return result
+        names = current_adapter_names()  # a mixed batch: one adapter (or the base) per row
+        if names is not None:
+            return mixed_batch_output(self, x, result, names)
+        for name in self.active_adapters:
+            if self.holds(name):
+                result = self.add_adapter_output(name, x, result)
+        return result
+
+    def holds(self, adapter_name: str) -> bool:
+        """Whether this layer has adapter ``adapter_name`` (a layer may lack some)."""
+        return adapter_name in getattr(self, self.adapter_layer_names[0])
+
+    def add_adapter_output(self, name: str, x: Any, result: Any) -> Any:
+        """``result`` (the base output for these rows of x) plus adapter ``name``'s update."""
+        raise NotImplementedError

@@ -23,15 +23,14 @@ from ....backend import xp_of
 from ....creation import full, randn
 from ....nn import Dropout, Identity, Module, ModuleDict, Parameter, ParameterDict
 from ....nn import init as nn_init
-from ...mixed_batch import current_adapter_names, mixed_batch_output
-from ..base import BaseTunerLayer, weight_layout
+from ..base import AdditiveTunerLayer, weight_layout
 
 __all__ = ["EPS", "AdaLoraLayer"]
 
 EPS = 1e-5  # PEFT's guard in α / (ranknum + 1e-5)
 
 
-class AdaLoraLayer(BaseTunerLayer):
+class AdaLoraLayer(AdditiveTunerLayer):
     """Wraps one linear layer; adds ``lora_A[name]`` (r, d_in), ``lora_E[name]`` (r, 1),
     ``lora_B[name]`` (d_out, r) and the frozen ``ranknum[name]`` (1,).
 
@@ -113,10 +112,6 @@ class AdaLoraLayer(BaseTunerLayer):
         alpha = self.lora_alpha[adapter_name]
         self.scaling[adapter_name] = alpha if alpha > 0 else float(rank)  # PEFT's update_layer
 
-    def holds(self, adapter_name: str) -> bool:
-        """Whether this layer has adapter ``adapter_name`` (a layer may lack some)."""
-        return adapter_name in self.lora_A
-
     # ------------------------------------------------------------------ merging
     def get_delta_weight(self, adapter_name: str) -> Any:
         """ΔW = B (A ⊙ E) · α / (ranknum + 1e-5) as a raw array laid out like the base weight
@@ -137,19 +132,6 @@ class AdaLoraLayer(BaseTunerLayer):
         return weight - self.get_delta_weight(adapter_name)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: Any) -> Any:
-        base_only = self._disabled_or_merged()  # first: disabling unmerges
-        result = self.base_layer(x)
-        if base_only:
-            return result
-        names = current_adapter_names()  # a mixed batch: one adapter (or the base) per row
-        if names is not None:
-            return mixed_batch_output(self, x, result, names)
-        for name in self.active_adapters:
-            if self.holds(name):
-                result = self.add_adapter_output(name, x, result)
-        return result
-
     def add_adapter_output(self, name: str, x: Any, result: Any) -> Any:
         """``result + (dropout(x) (A ⊙ E)ᵀ Bᵀ) · α / (ranknum + 1e-5)`` for adapter ``name``
         (PEFT's order of operations); ``result`` is the base output for the same rows of x."""

@@ -23,15 +23,14 @@ from typing import Any
 
 from ....nn import Dropout, Identity, Linear, Module, ModuleDict
 from ....nn import init as nn_init
-from ...mixed_batch import current_adapter_names, mixed_batch_output
-from ..base import BaseTunerLayer, weight_layout
+from ..base import AdditiveTunerLayer, weight_layout
 from . import dora
 from .init import init_from_base_weight, is_base_weight_init
 
 __all__ = ["LoraLayer"]
 
 
-class LoraLayer(BaseTunerLayer):
+class LoraLayer(AdditiveTunerLayer):
     """Wraps one linear layer; adds ``lora_A[name]``, ``lora_B[name]``, ``lora_dropout[name]``.
 
     ``fan_in_fan_out=True`` means the base weight is stored (d_in, d_out) (HF's Conv1D); it only
@@ -154,23 +153,6 @@ class LoraLayer(BaseTunerLayer):
         return weight - self.get_delta_weight(adapter_name)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: Any) -> Any:
-        base_only = self._disabled_or_merged()  # first: disabling unmerges
-        result = self.base_layer(x)
-        if base_only:
-            return result
-        names = current_adapter_names()  # a mixed batch: one adapter (or the base) per row
-        if names is not None:
-            return mixed_batch_output(self, x, result, names)
-        for name in self.active_adapters:
-            if self.holds(name):
-                result = self.add_adapter_output(name, x, result)
-        return result
-
-    def holds(self, adapter_name: str) -> bool:
-        """Whether this layer has adapter ``adapter_name`` (a layer may lack some)."""
-        return adapter_name in getattr(self, self.adapter_layer_names[0])
-
     def add_adapter_output(self, name: str, x: Any, result: Any) -> Any:
         """``result + s · B A dropout(x)`` for adapter ``name``; ``result`` is the base layer's
         output for the same rows of x, so a mixed batch calls this on each adapter's rows.
