@@ -12,6 +12,7 @@
     minipeft merge [--model DIR] --adapter DIR --out DIR
     minipeft combine --adapters A B --weights 0.5 0.5 [--type svd|cat|linear|ties|...] --out DIR
     minipeft quantize [--model DIR] --out DIR [--quant-type nf4|fp4] [--blocksize 64]
+    minipeft export-gguf [--model DIR] [--adapter DIR] --out y.gguf [--type f32|f16|q8_0]
 
 This file holds the parser and ``main``; each subcommand is a function in
 :mod:`minipeft.cli_commands` that imports what it needs lazily, so ``--version`` and ``info``
@@ -213,6 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="float32 absmax (4.5 bits/param instead of 4.127)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=commands.cmd_quantize)
+
+    p = sub.add_parser("export-gguf", help="write a LLaMA model (an adapter merged in) as a GGUF "
+                       "file for llama.cpp / ollama")  # fmt: skip
+    _inference(p)
+    p.add_argument("--out", required=True, help="the .gguf file to write (not an input)")
+    p.add_argument("--type", default="f32", dest="gguf_type",
+                   help="2-D tensors' type: f32, f16 or q8_0 (norms stay f32; "
+                   "default f32)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=commands.cmd_export_gguf)
     return parser
 
 

@@ -17,6 +17,7 @@ from . import __version__
 __all__ = [
     "cmd_combine",
     "cmd_eval",
+    "cmd_export_gguf",
     "cmd_finetune",
     "cmd_generate",
     "cmd_info",
@@ -254,6 +255,16 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                    blocksize=args.blocksize, double_quant=not args.no_double_quant,
                    overwrite=args.overwrite)  # fmt: skip
     print(f"4-bit model saved to {out}")
+    return 0
+
+
+def cmd_export_gguf(args: argparse.Namespace) -> int:
+    from .jobs.export import export  # noqa: PLC0415
+
+    out = export(_model_dir(args.model, args.adapter), args.out, adapter=args.adapter,
+                 dtype=args.gguf_type, overwrite=args.overwrite, device=args.device,
+                 strict=args.strict)  # fmt: skip
+    print(f"GGUF ({args.gguf_type}) saved to {out}")
     return 0
 
 
