@@ -106,6 +106,8 @@ class Tokenizer:
         pad_token: padding token; ``None`` (the default) means "pad with eos".
         model_max_length: longest sequence a model accepts (used when truncating without an
             explicit ``max_length``); ``None`` means unknown.
+        chat_template: the model's chat template (Jinja text, as in ``tokenizer_config.json``
+            or a GGUF's ``tokenizer.chat_template``); ``None`` when it has none.
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class Tokenizer:
         bos_token: str | None = None,
         pad_token: str | None = None,
         model_max_length: int | None = None,
+        chat_template: str | None = None,
     ) -> None:
         if not isinstance(backend, _HFTokenizer):
             raise TypeError(f"expected a tokenizers.Tokenizer, got {type(backend).__name__}")
@@ -128,6 +131,7 @@ class Tokenizer:
         self.bos_token = self._check_token("bos_token", bos_token or eos_token)
         self.pad_token = self._check_token("pad_token", pad_token)
         self.model_max_length = model_max_length
+        self.chat_template = chat_template
 
     # ----------------------------------------------------------------- special tokens
     def _default_eos(self) -> str | None:
@@ -292,7 +296,18 @@ class Tokenizer:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> Tokenizer:
-        """Load ``folder/tokenizer.json`` plus special tokens from ``tokenizer_config.json``."""
+        """Load ``folder/tokenizer.json`` plus special tokens from ``tokenizer_config.json``;
+        or a GGUF file (``x.gguf``: the tokenizer of its ``tokenizer.ggml.*`` metadata), or a
+        known checkpoint's name (``smollm2-135m``, :mod:`minipeft.models.checkpoints`)."""
+        from .models.checkpoints import resolve_model  # noqa: PLC0415
+
+        folder = resolve_model(folder)
+        if os.fspath(folder).lower().endswith(".gguf"):
+            from .models.gguf import read_gguf  # noqa: PLC0415
+
+            g = read_gguf(folder).tokenizer
+            return cls(g.backend, eos_token=g.eos_token, bos_token=g.bos_token,
+                       pad_token=g.pad_token, chat_template=g.chat_template)  # fmt: skip
         folder = Path(folder)
         path = folder / TOKENIZER_FILE
         if not path.is_file():
@@ -309,9 +324,14 @@ class Tokenizer:
             for key in ("eos_token", "bos_token", "pad_token"):
                 if _token_content(config.get(key)) is not None:
                     kwargs[key] = _token_content(config[key])
+            if isinstance(config.get("chat_template"), str):
+                kwargs["chat_template"] = config["chat_template"]
             limit = config.get("model_max_length")
             if isinstance(limit, int) and limit < 10**12:  # HF writes ~1e30 for "no limit"
                 kwargs["model_max_length"] = limit
+        jinja = folder / "chat_template.jinja"  # where transformers 5 saves the template
+        if "chat_template" not in kwargs and jinja.is_file():
+            kwargs["chat_template"] = jinja.read_text(encoding="utf-8")
         return cls.from_file(path, **kwargs)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -343,6 +363,8 @@ class Tokenizer:
         }
         if self.model_max_length is not None:
             config["model_max_length"] = int(self.model_max_length)
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
         paths = [
             folder / TOKENIZER_FILE,
             folder / CONFIG_FILE,

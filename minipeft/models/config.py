@@ -302,7 +302,15 @@ def config_from_dict(d: dict[str, Any], source: str = "<dict>") -> ModelConfig:
 
 
 def load_config(folder: str | os.PathLike) -> ModelConfig:
-    """Read ``folder/config.json`` into the config class its model_type names."""
+    """Read ``folder/config.json`` into the config class its model_type names (a ``.gguf``
+    file or a known checkpoint name: the config of its metadata)."""
+    from .checkpoints import resolve_model  # noqa: PLC0415
+
+    folder = resolve_model(folder)
+    if os.fspath(folder).lower().endswith(".gguf"):
+        from .gguf import read_gguf  # noqa: PLC0415
+
+        return read_gguf(folder).config
     path = _config_path(folder)
     return config_from_dict(_read_json(path), source=path)
 

@@ -263,8 +263,17 @@ class PreTrainedModel(nn.Module):
         json and the shard of each wrong key).
         Keyword arguments override config fields, as in transformers
         (``from_pretrained(path, num_labels=4, pad_token_id=0)``).
+        A ``.gguf`` file (or a known checkpoint name, ``smollm2-135m``) is read by
+        :func:`minipeft.models.gguf.load_gguf_model`.
         """
-        folder = os.fspath(folder)
+        from .checkpoints import resolve_model  # noqa: PLC0415
+
+        folder = os.fspath(resolve_model(folder))
+        if folder.lower().endswith(".gguf"):
+            from .gguf import load_gguf_model  # noqa: PLC0415
+
+            return load_gguf_model(cls, folder, device=device, dtype=dtype, seed=seed,
+                                   **config_overrides)  # fmt: skip
         config = load_config(folder)
         quantized = (getattr(config, "extra", None) or {}).get("quantization_config")
         if quantized:

@@ -57,7 +57,8 @@ class _AutoClass:
         **config_overrides: Any,
     ) -> PreTrainedModel:
         """Load a HF checkpoint folder onto ``device`` (float32 unless ``dtype``), eval mode;
-        keyword arguments override config fields (``num_labels=4``)."""
+        keyword arguments override config fields (``num_labels=4``). A ``.gguf`` file or a
+        known checkpoint name (``smollm2-135m``) works too (:mod:`minipeft.models.gguf`)."""
         config = load_config(folder)  # raises naming the folder when config.json is bad
         model_cls = cls._class_for(config.model_type, os.fspath(folder))
         return model_cls.from_pretrained(folder, device=device, dtype=dtype, seed=seed,
