@@ -12,6 +12,7 @@
     minipeft merge [--model DIR] --adapter DIR --out DIR
     minipeft combine --adapters A B --weights 0.5 0.5 [--type svd|cat|linear|ties|...] --out DIR
     minipeft quantize [--model DIR] --out DIR [--quant-type nf4|fp4] [--blocksize 64]
+    minipeft convert --model x.gguf|NAME --out DIR     # a GGUF file → an HF folder
     minipeft export-gguf [--model DIR] [--adapter DIR] --out y.gguf [--type f32|f16|q8_0]
 
 This file holds the parser and ``main``; each subcommand is a function in
@@ -214,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="float32 absmax (4.5 bits/param instead of 4.127)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=commands.cmd_quantize)
+
+    p = sub.add_parser("convert", help="write a GGUF file (or a known checkpoint, "
+                       "smollm2-135m) as a Hugging Face folder")  # fmt: skip
+    p.add_argument("--model", required=True, help="a .gguf file or a known checkpoint name")
+    p.add_argument("--out", required=True, help="a new folder (not the input)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=commands.cmd_convert)
 
     p = sub.add_parser("export-gguf", help="write a LLaMA model (an adapter merged in) as a GGUF "
                        "file for llama.cpp / ollama")  # fmt: skip

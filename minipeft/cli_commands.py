@@ -16,6 +16,7 @@ from . import __version__
 
 __all__ = [
     "cmd_combine",
+    "cmd_convert",
     "cmd_eval",
     "cmd_export_gguf",
     "cmd_finetune",
@@ -37,7 +38,8 @@ def _default_base() -> Path:
 
 def _model_dir(path: str | None, adapter: str | None = None) -> str:
     """The base model folder: ``--model``, else the adapter's recorded local base, else the
-    cache; a missing folder is an error that says what to do."""
+    cache; a missing folder is an error that says what to do. ``--model`` may also be a
+    ``.gguf`` file or a known checkpoint name (``smollm2-135m``: its installed file)."""
     if path is None and adapter is not None:
         from .peft.adapter_io import read_adapter_config  # noqa: PLC0415
 
@@ -53,13 +55,18 @@ def _model_dir(path: str | None, adapter: str | None = None) -> str:
                 "--model DIR"
             )
         return os.fspath(base)
+    from .models.checkpoints import known_names_hint, resolve_model  # noqa: PLC0415
+
+    path = os.fspath(resolve_model(path))
+    if path.lower().endswith(".gguf") and Path(path).is_file():
+        return path
     if not (Path(path) / "config.json").is_file():
         what = "is not a folder" if not Path(path).is_dir() else "has no config.json"
         raise ValueError(
             f"--model {path!r} {what}: expected a local Hugging Face model folder (config.json, "
             "model.safetensors, tokenizer.json), such as `minipeft pretrain` or transformers' "
-            "save_pretrained writes. minipeft never downloads: hub ids such as 'gpt2' are not "
-            "fetched"
+            f"save_pretrained writes, a .gguf file, or a name ({known_names_hint()}). minipeft "
+            "never downloads: hub ids such as 'gpt2' are not fetched"
         )
     return path
 
@@ -265,6 +272,14 @@ def cmd_export_gguf(args: argparse.Namespace) -> int:
                  dtype=args.gguf_type, overwrite=args.overwrite, device=args.device,
                  strict=args.strict)  # fmt: skip
     print(f"GGUF ({args.gguf_type}) saved to {out}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .jobs.convert import convert  # noqa: PLC0415
+
+    out = convert(args.model, args.out, overwrite=args.overwrite)
+    print(f"Hugging Face folder saved to {out}")
     return 0
 
 
