@@ -4,7 +4,7 @@
     minipeft info                                   # version, backends, devices, threads
     minipeft quickstart                             # pretrain (cached) → LoRA → merge → table
     minipeft pretrain [--out DIR] [--overwrite]     # a small GPT-2 on offline text
-    minipeft generate [--model DIR] [--adapter DIR] --prompt TEXT
+    minipeft generate [--model DIR] [--adapter DIR] --prompt TEXT | --chat TEXT
     minipeft finetune --method lora|dora|adalora|pissa|ia3|seq_bn|prefix|...|full --task docstrings|
                       docstring-topic [--out DIR] [--set FIELD=VALUE ...]
     minipeft predict [--model DIR] [--adapter DIR] --text TEXT | --file F
@@ -130,7 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="continue a prompt with a model (and an adapter)")
     _inference(p)
-    p.add_argument("--prompt", required=True)
+    text = p.add_mutually_exclusive_group(required=True)
+    text.add_argument("--prompt", help="text to continue as is")
+    text.add_argument("--chat", help="a user message: the model's chat template is applied, "
+                      "the reply streamed until the template's end token")  # fmt: skip
+    p.add_argument("--system", default=None, help="with --chat: a system message")
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature; 0 "
                    "= greedy (the default, unless --top-k/--top-p is given: then 1.0)")  # fmt: skip

@@ -148,6 +148,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model, kind = load_for_inference(path, args.adapter, args.device, args.strict)
     if kind != "causal_lm":
         raise ValueError(f"--model {path!r} is a classifier; use minipeft predict with it")
+    if args.chat is not None:
+        from .models.chat import chat  # noqa: PLC0415
+
+        chat(model, tokenizer, args.chat, system=args.system,
+             write=lambda t: print(t, end="", flush=True), max_new_tokens=args.max_new_tokens,
+             do_sample=do_sample, temperature=temperature, top_k=args.top_k, top_p=args.top_p,
+             seed=args.seed)  # fmt: skip
+        print()
+        return 0
     ids = tokenizer.encode(args.prompt)
     if not ids:
         raise ValueError(f"the prompt {args.prompt!r} encodes to no tokens")

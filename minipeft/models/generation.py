@@ -17,6 +17,7 @@ device. Shapes: B batch, T prompt length, V vocabulary.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..autograd import no_grad
@@ -112,6 +113,7 @@ class GenerationMixin:
         past_key_values: Any = None,
         inputs_embeds: Tensor | None = None,
         positions_from_mask: bool = True,
+        streamer: Callable[[int], Any] | None = None,
     ) -> Tensor:
         """Continue each row of ``input_ids`` (B, T) by up to ``max_new_tokens`` tokens.
 
@@ -129,6 +131,9 @@ class GenerationMixin:
         T_e, and the returned ids are still ``input_ids`` (possibly (B, 0)) + the new tokens.
         ``positions_from_mask=False`` numbers every position 0, 1, 2, ... whatever the padding
         (what PEFT's prompt tuning gets from transformers, which ignores position ids there).
+
+        ``streamer`` (batch of 1 only, like transformers' streamers) is called with each new
+        token id (an int) as soon as it is chosen, the stopping eos included.
 
         Checked before decoding (a ValueError names the argument): max_new_tokens >= 0,
         top_k >= 1, 0 < top_p <= 1, temperature > 0 when sampling, and the whole context plus
@@ -148,6 +153,8 @@ class GenerationMixin:
             raise ValueError(f"input_ids: expected shape (batch, seq_len), found {ids.shape}")
         xp = xp_of(ids.data)
         B = ids.shape[0]
+        if streamer is not None and B != 1:
+            raise ValueError(f"streamer: expected a batch of 1 row, found {B}")
         if embeds is not None and (embeds.ndim != 3 or embeds.shape[0] != B):
             raise ValueError(
                 f"inputs_embeds: expected shape ({B}, T_e, hidden), found {embeds.shape}"
@@ -202,6 +209,8 @@ class GenerationMixin:
                 nxt = self._choose(logits, do_sample, temperature, top_k, top_p, rng)
                 nxt = xp.where(alive, nxt, pad_token_id).astype(seq.dtype)
                 seq = xp.concatenate([seq, nxt[:, None]], axis=1)
+                if streamer is not None:
+                    streamer(int(nxt[0]))
                 mask = xp.concatenate([mask, xp.ones((B, 1), dtype=mask.dtype)], axis=1)
                 for e in eos:
                     alive &= nxt != e
