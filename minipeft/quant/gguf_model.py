@@ -6,11 +6,12 @@
 
 :func:`quantize_model_gguf` replaces every ``nn.Linear`` (exactly that type) not matched by
 ``skip`` (transformers' module-name rule, :func:`~minipeft.quant.model.should_convert_module`).
-:func:`load_gguf_quantized` builds the LLaMA with ``init_weights=False`` (its float weights are
-untouched zero pages), swaps each Linear whose tensor the file stores in Q8_0/Q4_0/Q4_1 for a
-:class:`LinearGGUF` on a copy of the file's bytes (q/k rows already put in HF's order by the
-reader), and dequantizes only the rest (embeddings, norms, F32/F16 tensors) into the model —
-so the base's float weights never exist.
+:func:`load_gguf_quantized` builds the LLaMA trunk without its decoder layers, then each layer
+in turn, swapping its Linears whose tensors the file stores in Q8_0/Q4_0/Q4_1 for LinearGGUF
+layers on a copy of the file's bytes (q/k rows already in HF's order, from the reader) before
+the next layer is built; only the rest (embeddings, norms, F32/F16 tensors) is dequantized. So
+the base's float weights never exist together: the peak is the packed model, the float
+embeddings and one layer's float placeholders.
 """
 
 from __future__ import annotations
@@ -76,34 +77,57 @@ def _is_plain_linear(module: Any) -> bool:
     return type(module) is Linear
 
 
+def _pack_linears(module: Module, prefix: str, tensors: dict[str, Any]) -> set[str]:
+    """Swap each plain Linear under ``module`` whose weight the file stores in blocks for a
+    LinearGGUF on a copy of those bytes (the file is a read-only map); returns the names used."""
+    used = set()
+    for name, child in list(module.named_modules()):
+        key = f"{prefix}{name}.weight"
+        t = tensors.get(key)
+        if name and _is_plain_linear(child) and t is not None and t.type_name.lower() in TYPE_SIZES:
+            raw = np.array(t.data, dtype=np.uint8)
+            module.set_submodule(name, LinearGGUF.from_blocks(raw, t.type_name, t.shape))
+            used.add(key)
+    return used
+
+
 def load_gguf_quantized(path: str | os.PathLike, device: str = "cpu", cls: Any = None) -> Module:
     """A ``LlamaForCausalLM`` (or ``cls``) from a GGUF file, its Q8_0/Q4_0/Q4_1 linear weights
-    kept packed as LinearGGUF layers, everything else float32; eval mode, on ``device``."""
+    kept packed as LinearGGUF layers, everything else float32; eval mode, on ``device``.
+
+    The decoder layers are built one at a time and packed at once, so at most one layer's float
+    placeholders exist at any moment (the float model is never materialized)."""
     import gguf  # noqa: PLC0415  (the optional extra; read_gguf says so when absent)
 
     from ..models.gguf import read_gguf  # noqa: PLC0415
-    from ..models.llama import LlamaForCausalLM  # noqa: PLC0415
+    from ..models.llama import LlamaDecoderLayer, LlamaForCausalLM  # noqa: PLC0415
 
     cls = cls or LlamaForCausalLM
     ckpt = read_gguf(path)
-    model = cls(ckpt.config, init_weights=False)
-    modules = dict(model.named_modules())
+    config = ckpt.config
+    n_layers = config.num_hidden_layers
+    tensors = {t.name: t for t in ckpt.tensors()}  # raw views (q/k rows copied, in HF order)
+    config.num_hidden_layers = 0  # the trunk without its layers, then one layer at a time
+    model = cls(config, init_weights=False)
+    config.num_hidden_layers = n_layers  # the same object every module holds
+    trunk = model.get_submodule(cls.base_model_prefix) if cls.task != "base" else model
+    prefix = "" if cls.task == "base" else f"{cls.base_model_prefix}."
+    loaded = _pack_linears(model, "", tensors)
+    for i in range(n_layers):
+        layer = LlamaDecoderLayer(config)
+        loaded |= _pack_linears(layer, f"{prefix}layers.{i}.", tensors)
+        trunk.layers.append(layer)
     own = model.state_dict()
-    loaded = set()
-    for t in ckpt.tensors():
-        owner = t.name.rpartition(".")[0]
-        if t.type_name.lower() in TYPE_SIZES and _is_plain_linear(modules.get(owner)):
-            raw = np.array(t.data, dtype=np.uint8)  # own bytes (the file is a read-only map)
-            model.set_submodule(owner, LinearGGUF.from_blocks(raw, t.type_name, t.shape))
-            loaded.add(t.name)
+    for name, t in tensors.items():
+        if name in loaded:
             continue
-        if t.name not in own:
-            raise ValueError(f"{ckpt.path}: tensor {t.name!r} has no place in {cls.__name__}")
+        if name not in own:
+            raise ValueError(f"{ckpt.path}: tensor {name!r} has no place in {cls.__name__}")
         w = gguf.quants.dequantize(t.data, gguf.GGMLQuantizationType[t.type_name])
-        own[t.name].data[...] = np.asarray(w, dtype=np.float32).reshape(t.shape)
-        loaded.add(t.name)
+        own[name].data[...] = np.asarray(w, dtype=np.float32).reshape(t.shape)
+        loaded.add(name)
     model.tie_weights()
-    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     missing = [k for k in own if k not in loaded and k not in tied]
     if missing:
         raise ValueError(f"{ckpt.path}: tensors missing from the GGUF file: {missing}")
