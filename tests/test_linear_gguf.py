@@ -25,7 +25,7 @@ from minipeft.backend import to_numpy
 from minipeft.gradcheck import gradcheck
 from minipeft.models import AutoModelForCausalLM
 from minipeft.models.llama_config import LlamaConfig
-from minipeft.ops.linear_gguf import LinearGGUF as LinearGGUFFn
+from minipeft.ops.linear4bit import Linear4bit as LinearGGUFFn
 from minipeft.optim import AdamW
 from minipeft.peft import LoraConfig, get_peft_model
 from minipeft.quant.gguf_blocks import TYPE_SIZES, dequantize_blocks, quantize_blocks

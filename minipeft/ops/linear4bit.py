@@ -10,7 +10,8 @@ float weights are never all alive at once, which is the point of QLoRA. Re-dequa
 more pass over the weight per step; keeping Ŵ would cost 8× the 4-bit weight's memory per layer.
 
 The dequantizer is passed in (``dequantize(packed, state) -> array``), so this file stays below
-``minipeft.quant`` in the layer order and works for any 4-bit format with that signature.
+``minipeft.quant`` in the layer order and serves every packed format with that signature:
+bitsandbytes' NF4/FP4 (``Linear4bit``) and llama.cpp's Q8_0/Q4_0/Q4_1 blocks (``LinearGGUF``).
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ class Linear4bit(Function):
     ) -> Any:
         if ctx.needs_input_grad[1]:
             raise TypeError(
-                "Linear4bit: the 4-bit weight cannot require grad (it is frozen; train an "
-                "adapter on top of it, e.g. LoRA: that is QLoRA)"
+                "a packed (4-bit or GGUF-block) weight cannot require grad (it is frozen; train "
+                "an adapter on top of it, e.g. LoRA: that is QLoRA)"
             )
         w = _weight(packed, state, dequantize, x.dtype)  # (out, in), freed on return
         y = x.reshape(-1, x.shape[-1]) @ w.T  # (N, out) with N = product of leading axes

@@ -9,7 +9,8 @@ Parameter of dtype uint8 that can never require grad, so the layer meets the lin
 (``in_features``, ``out_features``, ``weight``) and LoRA wraps it unchanged: QLoRA on the file's
 own quantization, with no float copy of the base ever kept.
 
-The forward is one fused op (:class:`minipeft.ops.linear_gguf.LinearGGUF`) that dequantizes to
+The forward is the fused packed-linear op that ``Linear4bit`` uses too
+(:class:`minipeft.ops.linear4bit.Linear4bit`, the dequantizer passed in): it dequantizes to
 the input's dtype, multiplies, and dequantizes again in backward for the input gradient only.
 The base-weight protocol dequantizes (``get_base_weight``: float32 (out, in)) and requantizes
 (``set_base_weight``) in the layer's own type, so merging works; requantizing rounds again, so it
@@ -26,7 +27,7 @@ import numpy as np
 from ..backend import to_device
 from ..functional_checks import float_tensor
 from ..nn import Linear, Module, Parameter
-from ..ops.linear_gguf import LinearGGUF as LinearGGUFFn
+from ..ops.linear4bit import Linear4bit as LinearGGUFFn  # one packed-linear op for both
 from ..tensor import Tensor
 from .gguf_blocks import BLOCK_SIZE, TYPE_SIZES, check_type, dequantize_blocks, quantize_blocks
 
