@@ -29,11 +29,10 @@ from typing import Any
 import numpy as np
 
 from ..backend import device_of, to_device
-from ..functional_checks import float_tensor
 from ..nn import Linear, Module, Parameter
-from ..ops.linear4bit import Linear4bit as Linear4bitFn
 from ..tensor import Tensor
 from .blockwise import dequantize_4bit, quantize_4bit
+from .packed_linear import PackedLinear
 from .state import QuantState
 
 __all__ = ["Linear4bit", "Params4bit", "check_quant_state", "MERGE_WARNING"]
@@ -172,15 +171,13 @@ class Params4bit(Parameter):
         )
 
 
-class Linear4bit(Module):
+class Linear4bit(PackedLinear):
     """y = x Ŵᵀ + b with Ŵ (out, in) stored in 4 bits (see the module docstring).
 
     ``Linear4bit(in, out, bias, quant_type, blocksize, compress_statistics)`` quantizes a freshly
     initialised Linear (PyTorch's init); :meth:`from_linear` quantizes an existing one and
     :meth:`from_quantized` wraps codes and state read from a file.
     """
-
-    fan_in_fan_out = False  # the protocol weight is (out, in), like Linear's (see weight_layout)
 
     def __init__(
         self,
@@ -320,32 +317,8 @@ class Linear4bit(Module):
         self.weight.data[...] = packed
         self.weight.quant_state = state
 
-    def dequantize(self, dtype: Any = None) -> Linear:
-        """A float ``Linear`` with Ŵ (the state's dtype unless ``dtype``) and a copy of the bias
-        (what ``merge_and_unload(dequantize=True)`` / transformers' ``dequantize()`` give)."""
-        w = dequantize_4bit(self.weight.data, self.quant_state)
-        if dtype is not None:
-            w = w.astype(np.dtype(dtype))
-        dense = Linear.__new__(Linear)
-        Module.__init__(dense)
-        dense.in_features, dense.out_features = self.in_features, self.out_features
-        dense.weight = Parameter(w, requires_grad=False)
-        b = self.bias
-        dense.bias = None if b is None else Parameter(b.data.astype(w.dtype), b.requires_grad)
-        return dense
-
-    # ------------------------------------------------------------------ forward
-    def forward(self, x: Tensor) -> Tensor:
-        x = float_tensor(x, "Linear4bit")
-        if x.ndim == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"Linear4bit(in_features={self.in_features}, out_features={self.out_features}): "
-                f"expected input (..., {self.in_features}), found shape {x.shape}"
-            )
-        bias = () if self.bias is None else (self.bias,)
-        return Linear4bitFn.apply(
-            x, self.weight, *bias, state=self.quant_state, dequantize=dequantize_4bit
-        )
+    def packed(self) -> tuple[QuantState, Any]:
+        return self.quant_state, dequantize_4bit
 
     def extra_repr(self) -> str:
         return (

@@ -25,11 +25,10 @@ from typing import Any
 import numpy as np
 
 from ..backend import to_device
-from ..functional_checks import float_tensor
-from ..nn import Linear, Module, Parameter
-from ..ops.linear4bit import Linear4bit as LinearGGUFFn  # one packed-linear op for both
+from ..nn import Module, Parameter
 from ..tensor import Tensor
 from .gguf_blocks import BLOCK_SIZE, TYPE_SIZES, check_type, dequantize_blocks, quantize_blocks
+from .packed_linear import PackedLinear
 
 __all__ = ["MERGE_WARNING", "LinearGGUF", "ParamsGGUF"]
 
@@ -87,14 +86,12 @@ class ParamsGGUF(Parameter):
         return f"ParamsGGUF({self.type_name}, shape={self.quant_shape}, packed {self.shape})"
 
 
-class LinearGGUF(Module):
+class LinearGGUF(PackedLinear):
     """y = x Ŵᵀ + b with Ŵ (out, in) kept as GGUF blocks (see the module docstring).
 
     Build it with :meth:`from_linear` (quantize a float Linear) or :meth:`from_blocks` (wrap a
     file's raw blocks without a float copy).
     """
-
-    fan_in_fan_out = False  # the protocol weight is (out, in), like Linear's
 
     @classmethod
     def from_blocks(
@@ -152,30 +149,8 @@ class LinearGGUF(Module):
         w = to_device(w, self.weight.device)
         self.weight.data[...] = quantize_blocks(w, self.type_name)
 
-    def dequantize(self, dtype: Any = None) -> Linear:
-        """A float ``Linear`` holding Ŵ (float32 unless ``dtype``) and a copy of the bias."""
-        w = self.get_base_weight()
-        if dtype is not None:
-            w = w.astype(np.dtype(dtype))
-        dense = Linear.__new__(Linear)
-        Module.__init__(dense)
-        dense.in_features, dense.out_features = self.in_features, self.out_features
-        dense.weight = Parameter(w, requires_grad=False)
-        b = self.bias
-        dense.bias = None if b is None else Parameter(b.data.astype(w.dtype), b.requires_grad)
-        return dense
-
-    # ------------------------------------------------------------------ forward
-    def forward(self, x: Tensor) -> Tensor:
-        x = float_tensor(x, "LinearGGUF")
-        if x.ndim == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"LinearGGUF(in_features={self.in_features}, out_features={self.out_features}): "
-                f"expected input (..., {self.in_features}), found shape {x.shape}"
-            )
-        bias = () if self.bias is None else (self.bias,)
-        state = (self.type_name, self.weight.quant_shape)
-        return LinearGGUFFn.apply(x, self.weight, *bias, state=state, dequantize=_dequantize)
+    def packed(self) -> tuple[tuple[str, tuple[int, int]], Any]:
+        return (self.type_name, self.weight.quant_shape), _dequantize
 
     def extra_repr(self) -> str:
         return (
