@@ -137,7 +137,7 @@ def _check_causal_lm_adapter(adapter: str) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .creation import tensor  # noqa: PLC0415
-    from .jobs.finetune import load_for_inference  # noqa: PLC0415
+    from .jobs.inference import load_for_inference  # noqa: PLC0415
     from .tokenizer import Tokenizer  # noqa: PLC0415
 
     do_sample, temperature = _sampling(args)
@@ -245,7 +245,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .jobs.finetune import merge  # noqa: PLC0415
+    from .jobs.inference import merge  # noqa: PLC0415
 
     merge(_model_dir(args.model, args.adapter), args.adapter, args.out, device=args.device,
           strict=args.strict, overwrite=args.overwrite)  # fmt: skip

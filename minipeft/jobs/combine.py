@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..fileio import atomic_folder, check_output_path
 from ..peft import PeftModel
-from .finetune import load_for_inference
+from .inference import load_for_inference
 
 __all__ = ["combine"]
 

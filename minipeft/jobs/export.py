@@ -2,7 +2,7 @@
 
     export(model_path, out="model.gguf", adapter="runs/lora-docstrings", dtype="q8_0")
 
-The base and adapter load through :func:`minipeft.jobs.finetune.load_for_inference` (the path
+The base and adapter load through :func:`minipeft.jobs.inference.load_for_inference` (the path
 every command uses, so whatever ``--model`` accepts there is accepted here); an adapter is merged
 with ``safe_merge`` (W ← W + s·B A, checked finite) and unloaded, then
 :func:`minipeft.models.gguf_export.export_gguf` writes the file. The chat template comes from the
@@ -18,7 +18,7 @@ from typing import Any
 
 from ..models.gguf_export import EXPORT_TYPES, export_gguf
 from ..tokenizer import Tokenizer
-from .finetune import load_for_inference
+from .inference import load_for_inference
 
 __all__ = ["EXPORT_TYPES", "chat_template_of", "export"]
 

@@ -19,7 +19,8 @@ from ..data import classification_batches
 from ..tasks import get_task
 from ..tokenizer import Tokenizer
 from ..train import evaluate, to_device_batch
-from .finetune import load_for_inference, task_data
+from .finetune import task_data
+from .inference import load_for_inference
 
 __all__ = ["Prediction", "evaluate_task", "predict"]
 
