@@ -14,6 +14,7 @@
     minipeft quantize [--model DIR] --out DIR [--quant-type nf4|fp4] [--blocksize 64]
     minipeft convert --model x.gguf|NAME --out DIR     # a GGUF file → an HF folder
     minipeft export-gguf [--model DIR] [--adapter DIR] --out y.gguf [--type f32|f16|q8_0]
+    minipeft rank-analysis [--model DIR] [--steps N] [--lora-r 8 64] [--out DIR]   # ΔW's rank
 
 This file holds the parser and ``main``; each subcommand is a function in
 :mod:`minipeft.cli_commands` that imports what it needs lazily, so ``--version`` and ``info``
@@ -236,6 +237,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "default f32)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=commands.cmd_export_gguf)
+
+    p = sub.add_parser("rank-analysis", help="full fine-tune, then how much of each ΔW's "
+                       "energy its top r singular directions hold; LoRA's subspace "
+                       "similarity")  # fmt: skip
+    p.add_argument("--model", default=None, help="HF folder or known name (default: the cached "
+                   "base model, pretrained when absent)")  # fmt: skip
+    p.add_argument("--task", default="docstrings", help="docstrings (the default)")
+    p.add_argument("--steps", type=int, default=100, help="steps of each fine-tune (default 100)")
+    p.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32],
+                   help="the r at which the energy is reported "
+                   "(default 1 2 4 8 16 32)")  # fmt: skip
+    p.add_argument("--lora-r", type=int, nargs=2, default=[8, 64], metavar=("R1", "R2"),
+                   help="the two LoRA ranks whose A subspaces are compared (default 8 64; "
+                   "equal ranks compare two seeds)")  # fmt: skip
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed (the second LoRA run: seed + 1)")
+    p.add_argument("--out", default="runs/rank-analysis", help="output folder (default "
+                   "runs/rank-analysis)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _threads(p)
+    p.set_defaults(func=commands.cmd_rank_analysis)
     return parser
 
 

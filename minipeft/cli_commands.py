@@ -26,6 +26,7 @@ __all__ = [
     "cmd_predict",
     "cmd_pretrain",
     "cmd_quickstart",
+    "cmd_rank_analysis",
 ]
 
 
@@ -297,4 +298,18 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
     quickstart(out=args.out, steps=args.steps, device=args.device, seed=args.seed,
                progress=not args.quiet)  # fmt: skip
+    return 0
+
+def cmd_rank_analysis(args: argparse.Namespace) -> int:
+    from .jobs.rank_analysis import rank_analysis  # noqa: PLC0415
+
+    model = None if args.model is None else _model_dir(args.model)
+    try:
+        rank_analysis(model, task=args.task, steps=args.steps, ranks=tuple(args.ranks),
+                      lora_r=tuple(args.lora_r), device=args.device, seed=args.seed,
+                      out=args.out, overwrite=args.overwrite, progress=not args.quiet)  # fmt: skip
+    except KeyboardInterrupt:  # its fine-tunes are parts of one job: no --resume to offer
+        print(f"\nminipeft rank-analysis: interrupted; run it again with --overwrite to start "
+              f"over in {args.out}", file=sys.stderr)  # fmt: skip
+        return 130  # 128 + SIGINT
     return 0
