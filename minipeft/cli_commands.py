@@ -293,12 +293,22 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .jobs.compare import compare  # noqa: PLC0415
+
+    compare(out=args.out, methods=args.methods, task=args.task, model=args.model,
+            steps=args.steps, quick=args.quick, seed=args.seed, device=args.device,
+            resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)  # fmt: skip
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .jobs.quickstart import quickstart  # noqa: PLC0415
 
     quickstart(out=args.out, steps=args.steps, device=args.device, seed=args.seed,
                progress=not args.quiet)  # fmt: skip
     return 0
+
 
 def cmd_rank_analysis(args: argparse.Namespace) -> int:
     from .jobs.rank_analysis import rank_analysis  # noqa: PLC0415

@@ -44,7 +44,7 @@ from ..peft.provenance import base_fingerprint
 from ..peft.registry import COMBINATIONS, QUANTIZED, preset_names
 from ..tasks import Task, get_task
 from ..tokenizer import Tokenizer
-from ..train import TrainConfig, Trainer, UpdateAndAllocate, evaluate
+from ..train import Callback, TrainConfig, Trainer, UpdateAndAllocate, evaluate
 from .inference import TOKENIZER_FILES, load_for_inference, merge
 from .methods import build_peft_configs, quantize_base
 from .runs import RUN_FILE, finish_run, prepare_run
@@ -55,6 +55,7 @@ __all__ = [
     "TASK_DEFAULTS",
     "FinetuneResult",
     "TaskData",
+    "context_limit",
     "finetune",
     "folder_bytes",
     "load_base",
@@ -74,7 +75,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "r": None, "alpha": None, "dropout": None, "targets": None, "reduction_factor": None,
     "non_linearity": None, "set": {}, "steps": 150, "lr": 1e-2, "batch_size": 16,
     "block_size": 128, "warmup": None, "grad_accum": 1, "eval_every": 0, "save_every": 50,
-    "seed": 0, "embeddings": False,
+    "seed": 0, "embeddings": False, "log_every": 10, "eval_batches": None,
 }  # fmt: skip
 # A method's job defaults where they differ from its config's (LoRA: alpha 16 = 2r).
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -185,6 +186,9 @@ class FinetuneResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     method: str = "lora"
     task: str = "docstrings"
+    # The trained model, still in memory (for measuring it further: ``minipeft compare``).
+    model: Module | None = field(default=None, repr=False, compare=False)
+    settings: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def resolve_settings(task: str, method: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -202,7 +206,8 @@ def _train_config(s: dict[str, Any], **kw: Any) -> TrainConfig:
     warm = s["warmup"] if s["warmup"] is not None else max(1, s["steps"] // 10)
     return TrainConfig(max_steps=s["steps"], lr=s["lr"], warmup_steps=warm, seed=s["seed"],
                        eval_every=s["eval_every"], save_every=s["save_every"],
-                       grad_accum_steps=s["grad_accum"], **kw)  # fmt: skip
+                       grad_accum_steps=s["grad_accum"], log_every=s.get("log_every", 10),
+                       eval_batches=s.get("eval_batches"), **kw)  # fmt: skip
 
 
 def _check_settings(s: dict[str, Any]) -> None:
@@ -238,12 +243,15 @@ def finetune(
     grad_accum: int | None = None,
     eval_every: int | None = None,
     save_every: int | None = None,
+    log_every: int | None = None,
+    eval_batches: int | None = None,
     device: str = "cpu",
     seed: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     log: Any = print,
+    callbacks: list[Callback] | None = None,
 ) -> FinetuneResult:
     """Fine-tune the checkpoint at ``model_path`` on ``task`` and save the result to ``out``.
 
@@ -253,13 +261,14 @@ def finetune(
     ``out`` holds. Ctrl-C raises :class:`~minipeft.train.TrainingInterrupted` after saving a
     checkpoint. ``overrides`` sets fields of the method's config by name (``{"r": 16}``); the
     short arguments (``r``, ``alpha``, ``reduction_factor``, ...) set the field of that meaning.
+    ``callbacks`` go to the Trainer after the job's own (AdaLoRA's rank allocation).
     """
     given = {"r": r, "alpha": alpha, "dropout": dropout, "targets": targets,
              "reduction_factor": reduction_factor, "non_linearity": non_linearity,
              "set": dict(overrides) if overrides else None, "steps": steps,
              "lr": lr, "batch_size": batch_size, "block_size": block_size, "warmup": warmup,
              "grad_accum": grad_accum, "eval_every": eval_every, "save_every": save_every,
-             "seed": seed}  # fmt: skip
+             "log_every": log_every, "eval_batches": eval_batches, "seed": seed}  # fmt: skip
     named = {"model": None if model_path is None else os.fspath(model_path), "task": task,
              "method": method}  # fmt: skip
     if out is None:
@@ -287,18 +296,12 @@ def finetune(
     cfg = _train_config(settings, device=device, progress=progress, output_dir=os.fspath(out_dir))
     start = time.perf_counter()
     tokenizer = Tokenizer.from_pretrained(model_path)
-    # Virtual tokens (prompt and prefix tuning) take context positions: leave them room.
-    virtual = 0 if method == "full" else max(
-        (getattr(c, "num_virtual_tokens", 0) or 0 for _, c in
-         build_peft_configs(method, settings, None, the_task.kind)), default=0)  # fmt: skip
-    limit = load_config(model_path).max_position_embeddings - virtual
-    if limit < 2:
-        raise ValueError(f"num_virtual_tokens: expected fewer than {limit + virtual - 1} for this "
-                         f"model's {limit + virtual} positions, found {virtual}")  # fmt: skip
+    limit = context_limit(model_path, method, settings, the_task.kind)
     block_size = min(settings["block_size"], limit)
     data = task_data(the_task, tokenizer, block_size, settings["batch_size"])
     model = load_base(model_path, the_task, tokenizer, device, settings["seed"])
-    before = evaluate(model, data.test(settings["seed"], 0), device)
+    before = evaluate(model, data.test(settings["seed"], 0), device,
+                      settings.get("eval_batches"))  # fmt: skip
     if method != "full":
         configs = build_peft_configs(method, settings, model, the_task.kind)
         float_fingerprint = None
@@ -322,8 +325,9 @@ def finetune(
     _check_same_base(out_dir, fingerprint, resume)
     log(f"trainable params: {trainable:,d} || all params: {total:,d} || "
         f"trainable%: {100 * trainable / total:.4f}")  # fmt: skip
-    result = Trainer(trained, cfg, data.train, data.test,
-                     callbacks=[UpdateAndAllocate()]).train(resume=resume)  # fmt: skip
+    result = Trainer(
+        trained, cfg, data.train, data.test, callbacks=[UpdateAndAllocate(), *(callbacks or [])]
+    ).train(resume=resume)
     after = result.metrics  # the Trainer evaluates after its last step
     if method != "full":
         _save_adapters(trained, out_dir, initial)
@@ -338,7 +342,21 @@ def finetune(
     finish_run(out_dir)
     return FinetuneResult(str(out_dir), data.metric, before, after, trainable, total,
                           result_bytes(out_dir), time.perf_counter() - start, result.history,
-                          method, the_task.name)  # fmt: skip
+                          method, the_task.name, trained, dict(settings))  # fmt: skip
+
+
+def context_limit(model_path: str | os.PathLike[str], method: str, settings: dict[str, Any],
+                  task_kind: str = "causal_lm") -> int:  # fmt: skip
+    """The positions left for real tokens: the model's context less the method's virtual
+    tokens (prompt and prefix tuning take context positions)."""
+    virtual = 0 if method == "full" else max(
+        (getattr(c, "num_virtual_tokens", 0) or 0 for _, c in
+         build_peft_configs(method, settings, None, task_kind)), default=0)  # fmt: skip
+    limit = load_config(model_path).max_position_embeddings - virtual
+    if limit < 2:
+        raise ValueError(f"num_virtual_tokens: expected fewer than {limit + virtual - 1} for this "
+                         f"model's {limit + virtual} positions, found {virtual}")  # fmt: skip
+    return limit
 
 
 def _initial_adapters(model: Any, configs: list[tuple[str, Any]]) -> dict[str, Any] | None:
