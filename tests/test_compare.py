@@ -30,8 +30,9 @@ MERGEABLE = {"lora", "rslora", "dora", "pissa", "adalora", "qlora", "ia3"}
 ROW_FIELDS = {"method", "status", "trainable_params", "all_params", "trainable_pct",
               "stored_bytes", "peak_step_bytes", "resident_bytes", "transient_bytes", "step_ms",
               "train_s", "eval_loss", "eval_perplexity", "eval_accuracy", "pretrain_loss",
-              "forgetting", "latency_ms_per_token", "mergeable", "latency_merged_ms_per_token",
-              "merged_logit_drift", "curve", "lr", "steps"}  # fmt: skip
+              "forgetting", "latency_ms_per_token", "latency_vs_base", "mergeable",
+              "latency_merged_ms_per_token", "latency_merged_vs_base", "merged_logit_drift",
+              "curve", "lr", "steps"}  # fmt: skip
 
 
 def quiet(*_a: object) -> None:
@@ -97,6 +98,7 @@ def test_merged_latency_exactly_for_mergeable_methods(results):
         mergeable = row["method"] in MERGEABLE
         assert row["mergeable"] is mergeable, row["method"]
         assert (row["latency_merged_ms_per_token"] is not None) is mergeable, row["method"]
+        assert (row["latency_merged_vs_base"] is not None) is mergeable, row["method"]
         if mergeable:  # merging keeps the function: float32 rounding (4 bits: requantizing)
             assert row["merged_logit_drift"] < (0.5 if row["method"] == "qlora" else 1e-3)
 

@@ -63,7 +63,8 @@ DEFAULT_STEPS = 100
 QUICK: dict[str, Any] = {"steps": 30, "batch_size": 8, "eval_batches": 4, "repeats": 5}
 FULL: dict[str, Any] = {"batch_size": 16, "eval_batches": None, "repeats": 9}
 # Fields that are wall-clock timings: the only ones a re-run may change freely.
-TIMING_FIELDS = ("step_ms", "train_s", "latency_ms_per_token", "latency_merged_ms_per_token")
+TIMING_FIELDS = ("step_ms", "train_s", "latency_ms_per_token", "latency_merged_ms_per_token",
+                 "latency_vs_base", "latency_merged_vs_base")
 # Traced memory: NumPy's buffers repeat exactly; Python's own small objects (an id's int, a
 # dict's growth) move the trace by a few dozen bytes between runs, never by a KiB.
 MEMORY_FIELDS = ("peak_step_bytes", "transient_bytes")
@@ -158,6 +159,14 @@ class _Context:
         self.old_ids = tokenize_documents(self.tokenizer, val_docs)
         self._old_base: dict[int, float] = {}
         self._data: dict[int, Any] = {}
+        self._reference: Any = None
+
+    def reference(self) -> Any:
+        """The untuned base that every latency is measured in turn with (loaded once)."""
+        if self._reference is None:
+            self._reference = load_base(self.s["model"], self.task, self.tokenizer, self.device,
+                                        self.s["seed"])  # fmt: skip
+        return self._reference
 
     def base_lm(self) -> Any:
         return AutoModelForCausalLM.from_pretrained(self.s["model"], device=self.device)
@@ -186,10 +195,10 @@ def _base_row(ctx: _Context) -> dict[str, Any]:
     block = min(128, model.config.max_position_embeddings)
     data = ctx.data(block)
     metrics = evaluate(model, data.test(ctx.s["seed"], 0), ctx.device, ctx.mode["eval_batches"])
+    ms, _ = latency_ms_per_token(model, ctx.task.kind, ctx.device, limit=block,
+                                 repeats=ctx.mode["repeats"])  # fmt: skip
     return {"method": "base", "eval": metrics, "pretrain_loss": ctx.old_base_loss(block),
-            "latency_ms_per_token": latency_ms_per_token(model, ctx.task.kind, ctx.device,
-                                                         limit=block,
-                                                         repeats=ctx.mode["repeats"])}  # fmt: skip
+            "latency_ms_per_token": ms}  # fmt: skip
 
 
 def _measure(ctx: _Context, method: str, res: Any, timer: StepTimer) -> dict[str, Any]:
@@ -210,14 +219,15 @@ def _measure(ctx: _Context, method: str, res: Any, timer: StepTimer) -> dict[str
         "curve": [[h["step"], h["loss"]] for h in res.history if "loss" in h],
         "step_ms": timer.median_ms, "train_s": res.seconds,
     }  # fmt: skip
-    lat = {"limit": limit, "repeats": ctx.mode["repeats"]}
-    row["latency_ms_per_token"] = latency_ms_per_token(model, kind, device, **lat)
-    row["mergeable"] = is_mergeable(model)
-    row["latency_merged_ms_per_token"] = row["merged_logit_drift"] = None
+    lat = {"limit": limit, "repeats": ctx.mode["repeats"], "reference": ctx.reference()}
+    ms, ref = latency_ms_per_token(model, kind, device, **lat)
+    row.update(latency_ms_per_token=ms, latency_vs_base=ms / ref, mergeable=is_mergeable(model))
+    row.update(latency_merged_ms_per_token=None, latency_merged_vs_base=None,
+               merged_logit_drift=None)  # fmt: skip
     if row["mergeable"]:
-        row["latency_merged_ms_per_token"], row["merged_logit_drift"] = merged_latency(
-            model, kind, device, **lat
-        )
+        ms, ref, drift = merged_latency(model, kind, device, **lat)
+        row.update(latency_merged_ms_per_token=ms, latency_merged_vs_base=ms / ref,
+                   merged_logit_drift=drift)  # fmt: skip
     batch = next(iter(ctx.data(block).train(s["seed"], 0)))
     mem = peak_step_bytes(model, batch, device)  # last: the step moves the weights
     row.update(peak_step_bytes=mem["peak"], resident_bytes=mem["resident"],

@@ -15,7 +15,8 @@
   a GPU with CuPy's memory pool hook.
 - **latency per token**: a causal LM's greedy KV-cache generation, batch 1 (ms per new token,
   its prefill spread over them); a classifier's forward of one (1, T) input (ms per token).
-  Median of repeats after one warm-up; timings are the only figures that change between runs.
+  Median of repeats after warm-up, taken in turn with the untuned base, so the ratio to the
+  base is fair on a noisy machine; timings are the only figures that change between runs.
 """
 
 from __future__ import annotations
@@ -212,42 +213,49 @@ def _probe_ids(model: Module, n: int, device: str) -> Any:
     return tensor((np.arange(n, dtype=np.int64)[None, :] * 7 + 3) % vocab, device=device)
 
 
-def latency_ms_per_token(model: Module, kind: str, device: str = "cpu", prompt_len: int = 8,
-                         new_tokens: int = 32, limit: int = 128,
-                         repeats: int = 5) -> float:  # fmt: skip
-    """Median ms per token (see the module docstring); ``limit`` is the positions free for
-    real tokens (the context less virtual tokens)."""
-    model.eval()
+def _runner(model: Module, kind: str, device: str, prompt_len: int, new_tokens: int,
+            limit: int) -> tuple[Callable[[], Any], int]:  # fmt: skip
+    """(one inference call, the tokens it counts): generation for a causal LM, a forward of
+    one (1, T) input for a classifier."""
     if kind == "causal_lm":
         new = max(1, min(new_tokens, limit - prompt_len))
         ids = _probe_ids(model, min(prompt_len, limit - 1), device)
+        return lambda: model.generate(ids, max_new_tokens=new, do_sample=False), new
+    ids = _probe_ids(model, min(limit, 64), device)
+    return lambda: model(input_ids=ids), ids.shape[1]
 
-        def run() -> None:
-            model.generate(ids, max_new_tokens=new, do_sample=False)
 
-        per = new
-    else:
-        ids = _probe_ids(model, min(limit, 64), device)
-
-        def run() -> None:
-            model(input_ids=ids)
-
-        per = ids.shape[1]
-    times = []
+def latency_ms_per_token(model: Module, kind: str, device: str = "cpu", prompt_len: int = 8,
+                         new_tokens: int = 32, limit: int = 128, repeats: int = 5,
+                         reference: Module | None = None,
+                         ) -> tuple[float, float | None]:  # fmt: skip
+    """(median ms per token of ``model``, of ``reference`` or None); see the module docstring.
+    ``limit`` is the positions free for real tokens (the context less virtual tokens). With a
+    ``reference`` the two run in turn, after two warm-up calls each, so the machine's noise
+    hits both alike and their ratio is fair."""
+    models = [model] if reference is None else [model, reference]
+    runs = []
+    for m in models:
+        m.eval()
+        runs.append(_runner(m, kind, device, prompt_len, new_tokens, limit))
+    times: list[list[float]] = [[] for _ in runs]
     with no_grad():
-        run()  # warm-up: caches, first allocations
-        run()
-        for _ in range(repeats):
-            t = time.perf_counter()
+        for run, _ in runs * 2:  # warm-up: caches, first allocations
             run()
-            times.append(time.perf_counter() - t)
-    return 1000.0 * float(np.median(times)) / per
+        for _ in range(repeats):
+            for (run, _), spent in zip(runs, times, strict=True):
+                t = time.perf_counter()
+                run()
+                spent.append(time.perf_counter() - t)
+    ms = [1000.0 * float(np.median(t)) / n for t, (_, n) in zip(times, runs, strict=True)]
+    return ms[0], (ms[1] if reference is not None else None)
 
 
 def merged_latency(model: Module, kind: str, device: str = "cpu",
-                   **kw: Any) -> tuple[float, float]:  # fmt: skip
-    """(ms per token with the adapters merged into the weights, the largest |logit| change
-    merging made on a probe); the model is unmerged again afterwards."""
+                   **kw: Any) -> tuple[float, float | None, float]:  # fmt: skip
+    """(ms per token with the adapters merged into the weights, the reference's ms per token
+    measured in turn, the largest |logit| change merging made on a probe); the model is
+    unmerged again afterwards."""
     ids = _probe_ids(model, min(16, kw.get("limit", 128)), device)
     model.eval()
     with no_grad():
@@ -258,10 +266,10 @@ def merged_latency(model: Module, kind: str, device: str = "cpu",
         try:
             with no_grad():
                 drift = float(np.abs(to_numpy(model(input_ids=ids).logits.data) - before).max())
-            ms = latency_ms_per_token(model, kind, device, **kw)
+            ms, ref = latency_ms_per_token(model, kind, device, **kw)
         finally:
             model.unmerge_adapter()
-    return ms, drift
+    return ms, ref, drift
 
 
 class StepTimer(Callback):

@@ -20,8 +20,9 @@ __all__ = ["CSV_FIELDS", "claims", "format_table", "plot", "write_outputs"]
 CSV_FIELDS = ("method", "status", "trainable_params", "all_params", "trainable_pct",
               "stored_bytes", "peak_step_bytes", "resident_bytes", "transient_bytes", "step_ms",
               "train_s", "lr", "steps", "eval_loss", "eval_perplexity", "eval_accuracy",
-              "pretrain_loss", "forgetting", "latency_ms_per_token", "mergeable",
-              "latency_merged_ms_per_token", "merged_logit_drift", "reason")  # fmt: skip
+              "pretrain_loss", "forgetting", "latency_ms_per_token", "latency_vs_base", "mergeable",
+              "latency_merged_ms_per_token", "latency_merged_vs_base", "merged_logit_drift",
+              "reason")  # fmt: skip
 
 
 def _size(n: float | None) -> str:
@@ -37,6 +38,12 @@ def _num(x: float | None, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def _latency(ms: float | None, ratio: float | None) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms:.2f}" if ratio is None else f"{ms:.2f} ({ratio:.2f}x)"
+
+
 def _cells(row: dict[str, Any], classify: bool) -> list[str]:
     if row.get("status") != "ok":
         return [row["method"], *["-"] * 10]
@@ -44,13 +51,14 @@ def _cells(row: dict[str, Any], classify: bool) -> list[str]:
     return [row["method"], f"{row['trainable_params']:,}", f"{row['trainable_pct']:.2f}%",
             _size(row["stored_bytes"]), _size(row["peak_step_bytes"]), _num(row["step_ms"], ".0f"),
             f"{row['eval_loss']:.4f}", metric, f"{row['forgetting']:+.4f}",
-            _num(row["latency_ms_per_token"], ".2f"),
-            _num(row["latency_merged_ms_per_token"], ".2f")]  # fmt: skip
+            _latency(row["latency_ms_per_token"], row.get("latency_vs_base")),
+            _latency(row["latency_merged_ms_per_token"],
+                     row.get("latency_merged_vs_base"))]  # fmt: skip
 
 
 def _header(classify: bool) -> list[str]:
     return ["method", "trainable", "%", "on disk", "peak step", "ms/step", "eval loss",
-            "accuracy" if classify else "ppl", "forgetting", "ms/token",
+            "accuracy" if classify else "ppl", "forgetting", "ms/token (vs base)",
             "merged ms/token"]  # fmt: skip
 
 
@@ -80,7 +88,6 @@ def claims(results: dict[str, Any]) -> list[str]:
     """The seed's claims, each with the figures that confirm or contradict it on this run
     (only the claims whose methods were measured)."""
     rows = {r["method"]: r for r in results["methods"] if r.get("status") == "ok"}
-    base_lat = results["base"]["latency_ms_per_token"]
     out = []
     full, lora = rows.get("full"), rows.get("lora")
     if full and lora:
@@ -96,28 +103,30 @@ def claims(results: dict[str, Any]) -> list[str]:
         out.append(f"**Accuracy comparable to full fine-tuning.** Held-out loss: LoRA "
                    f"{lora['eval_loss']:.4f}, full FT {full['eval_loss']:.4f} (LoRA {verdict}"
                    f", {gap:+.4f}).")  # fmt: skip
-        out.append(f"**Forgetting.** The pretraining corpus's loss rose by "
+        out.append(f"**Forgetting.** The pretraining corpus's loss changed by "
                    f"{full['forgetting']:+.4f} with full fine-tuning and {lora['forgetting']:+.4f} "
-                   "with LoRA.")  # fmt: skip
-        mem = full["peak_step_bytes"] / lora["peak_step_bytes"]
+                   "with LoRA (> 0: forgotten).")  # fmt: skip
+        mem = lora["peak_step_bytes"] / full["peak_step_bytes"]
         out.append(f"**Training memory.** A full fine-tuning step peaks at "
                    f"{_size(full['peak_step_bytes'])}, LoRA's at {_size(lora['peak_step_bytes'])} "
-                   f"({mem:.1f}x less).")  # fmt: skip
-    if lora and lora.get("latency_merged_ms_per_token") is not None and base_lat:
+                   f"({mem:.2f}x full's); resident (weights + AdamW): "
+                   f"{_size(full['resident_bytes'])} against "
+                   f"{_size(lora['resident_bytes'])}.")  # fmt: skip
+    if lora and lora.get("latency_merged_vs_base") is not None:
         out.append(f"**No inference latency once merged.** LoRA per token: "
-                   f"{lora['latency_ms_per_token'] / base_lat:.2f}x the base unmerged, "
-                   f"{lora['latency_merged_ms_per_token'] / base_lat:.2f}x merged.")  # fmt: skip
+                   f"{lora['latency_vs_base']:.2f}x the base unmerged, "
+                   f"{lora['latency_merged_vs_base']:.2f}x merged (each measured in turn with "
+                   "the base).")  # fmt: skip
     bottleneck = [rows[m] for m in ("seq_bn", "double_seq_bn", "par_bn") if m in rows]
-    if bottleneck and base_lat:
-        parts = ", ".join(f"{r['method']} {r['latency_ms_per_token'] / base_lat:.2f}x"
-                          for r in bottleneck)  # fmt: skip
+    if bottleneck:
+        parts = ", ".join(f"{r['method']} {r['latency_vs_base']:.2f}x" for r in bottleneck)
         out.append(f"**Adapters add latency (they cannot be merged).** Per token against the "
                    f"base: {parts}.")  # fmt: skip
     prompt = [rows[m] for m in ("prompt", "prefix", "ptuning") if m in rows]
     if prompt:
         parts = ", ".join(f"{r['method']} {r['trainable_params']:,} params, loss "
                           f"{r['eval_loss']:.4f}" for r in prompt)  # fmt: skip
-        out.append(f"**Prompt-side methods are the smallest, and weaker at this scale.** {parts}.")
+        out.append(f"**Prompt-side methods** (no weight changes, nothing to merge): {parts}.")
     return out
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import manual_seed
 from ..data import classification_batches, iterate_batches, lm_blocks, tokenize_documents
 from ..fileio import atomic_folder, atomic_write_text
 from ..models import AutoModelForCausalLM, AutoModelForSequenceClassification, load_config
@@ -299,6 +300,9 @@ def finetune(
     limit = context_limit(model_path, method, settings, the_task.kind)
     block_size = min(settings["block_size"], limit)
     data = task_data(the_task, tokenizer, block_size, settings["batch_size"])
+    # Seed the adapters' initialisation too (the Trainer seeds the data order and dropout):
+    # the same settings give the same run whatever the process did before.
+    manual_seed(settings["seed"])
     model = load_base(model_path, the_task, tokenizer, device, settings["seed"])
     before = evaluate(model, data.test(settings["seed"], 0), device,
                       settings.get("eval_batches"))  # fmt: skip
