@@ -181,6 +181,37 @@ def test_a_method_that_does_not_fit_gets_a_row_saying_why(work, base):
     assert "prompt: not applicable" in (work / "cmp-short" / "report.md").read_text()
 
 
+def test_a_llama_folder_and_its_gguf_file_compare_alike(work, base):
+    """``--model`` takes a LLaMA (GQA heads, SwiGLU) as an HF folder or a GGUF file."""
+    from minipeft.models import LlamaConfig, LlamaForCausalLM
+
+    folder = work / "llama"
+    mp.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=64)  # fmt: skip
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    for f in [*base.glob("tokenizer*.json"), base / "special_tokens_map.json"]:
+        shutil.copy(f, folder / f.name)
+    methods = ["lora", "seq_bn", "prefix"]
+    res = compare(work / "cmp-llama", methods=methods, model=folder, steps=1, quick=True,
+                  progress=False, log=quiet)  # fmt: skip
+    rows = {r["method"]: r for r in res["methods"]}
+    assert all(r["status"] == "ok" for r in rows.values())
+    # LoRA's LLaMA defaults: q_proj (C -> C) and v_proj (C -> C/2 with 2 of 4 kv heads).
+    assert rows["lora"]["trainable_params"] == 2 * 8 * ((32 + 32) + (32 + 16))
+    pytest.importorskip("gguf")  # writing the GGUF file needs llama.cpp's package
+    from minipeft.jobs.export import export
+
+    gguf_file = work / "llama.gguf"
+    export(folder, gguf_file)
+    again = compare(work / "cmp-llama-gguf", methods=methods, model=gguf_file, steps=1,
+                    quick=True, progress=False, log=quiet)  # fmt: skip
+    for a, b in zip(res["methods"], again["methods"], strict=True):
+        for key in ("trainable_params", "eval_loss", "forgetting", "mergeable"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), (a["method"], key)
+
+
 def test_classification_task_reports_accuracy(work, base):
     res = compare(work / "cmp-topic", methods=["lora", "prefix", "full"], task="docstring-topic",
                   model=base, steps=2, quick=True, progress=False, log=quiet)  # fmt: skip
@@ -279,3 +310,22 @@ def test_peak_step_bytes_accounts_weights_gradients_and_adam():
     # Full training also holds a gradient per weight at the step's peak (and saves every
     # block's activations for backward); the frozen model back-propagates only into ln_f.
     assert a["transient"] - b["transient"] >= 4 * (n - 32)
+
+
+def test_plots_are_drawn_or_skipped_with_one_line(results, work, monkeypatch):
+    from minipeft.jobs import compare_report
+
+    out = work / "replot"
+    out.mkdir()
+    lines: list[str] = []
+    monkeypatch.setattr(compare_report, "pyplot", lambda: None)
+    compare_report.write_outputs(out, results, lines.append)
+    assert any(line.startswith("plots skipped: matplotlib is not installed") for line in lines)
+    assert not list(out.glob("*.png")) and (out / "report.md").is_file()
+    pytest.importorskip("matplotlib")  # the test extra installs it: CI draws every plot
+    monkeypatch.undo()
+    compare_report.write_outputs(out, results, lines.append)
+    names = ["curves.png", "forgetting_vs_metric.png", "latency.png", "metric_vs_params.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == names
+    assert all((out / n).read_bytes().startswith(b"\x89PNG") for n in names)
+    assert "![latency](latency.png)" in (out / "report.md").read_text()

@@ -52,19 +52,27 @@ from .finetune import METHODS, context_limit, finetune, load_base, task_data
 
 __all__ = ["COMPARE_METHODS", "MEMORY_FIELDS", "QUICK", "TIMING_FIELDS", "compare"]
 
-# The seed's line-up: full fine-tuning, LoRA's family, QLoRA, bottleneck adapters, IA3, the
-# prompt-side methods and MAM (prefix + parallel adapter). PiSSA stands for the SVD-initialised
-# LoRAs (OLoRA is one ``--methods olora`` away).
-COMPARE_METHODS = ("full", "lora", "rslora", "dora", "pissa", "adalora", "qlora", "seq_bn",
-                   "double_seq_bn", "par_bn", "ia3", "prompt", "prefix", "ptuning",
-                   "mam")  # fmt: skip
+# The seed's line-up, in reading order: full fine-tuning, LoRA's family, QLoRA, bottleneck
+# adapters, IA3, the prompt-side methods and MAM (prefix + parallel adapter); then any other
+# method the registry holds, so a newly registered one is compared without touching this file.
+# OLoRA is left out by default: PiSSA's sibling (another SVD start), one `--methods olora` away.
+SEED_LINEUP = ("full", "lora", "rslora", "dora", "pissa", "adalora", "qlora", "seq_bn",
+               "double_seq_bn", "par_bn", "ia3", "prompt", "prefix", "ptuning", "mam")  # fmt: skip
+LEFT_OUT = ("olora",)
+COMPARE_METHODS = (*SEED_LINEUP, *(m for m in METHODS if m not in SEED_LINEUP + LEFT_OUT))
 DEFAULT_STEPS = 100
 # --quick: fewer, smaller steps and capped evaluations (the same for every method).
 QUICK: dict[str, Any] = {"steps": 30, "batch_size": 8, "eval_batches": 4, "repeats": 5}
 FULL: dict[str, Any] = {"batch_size": 16, "eval_batches": None, "repeats": 9}
 # Fields that are wall-clock timings: the only ones a re-run may change freely.
-TIMING_FIELDS = ("step_ms", "train_s", "latency_ms_per_token", "latency_merged_ms_per_token",
-                 "latency_vs_base", "latency_merged_vs_base")
+TIMING_FIELDS = (
+    "step_ms",
+    "train_s",
+    "latency_ms_per_token",
+    "latency_merged_ms_per_token",
+    "latency_vs_base",
+    "latency_merged_vs_base",
+)
 # Traced memory: NumPy's buffers repeat exactly; Python's own small objects (an id's int, a
 # dict's growth) move the trace by a few dozen bytes between runs, never by a KiB.
 MEMORY_FIELDS = ("peak_step_bytes", "transient_bytes")

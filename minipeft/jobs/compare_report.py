@@ -13,7 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_write_bytes, atomic_write_text
+from ..fileio import atomic_write_text
+from ..plotting import MISSING, pyplot, save_png
 
 __all__ = ["CSV_FIELDS", "claims", "format_table", "plot", "write_outputs"]
 
@@ -23,6 +24,19 @@ CSV_FIELDS = ("method", "status", "trainable_params", "all_params", "trainable_p
               "pretrain_loss", "forgetting", "latency_ms_per_token", "latency_vs_base", "mergeable",
               "latency_merged_ms_per_token", "latency_merged_vs_base", "merged_logit_drift",
               "reason")  # fmt: skip
+
+
+GLOSSARY = (
+    "*trainable*: parameters that get a gradient (% of the model's). *on disk*: the files one "
+    "task needs beyond the shared base (a whole model for full fine-tuning). *peak step*: the "
+    "model's arrays and AdamW's moments, plus the most bytes one training step allocates at "
+    "once. *ms/step*: median wall time of an optimizer step. *eval loss*, *ppl* (or accuracy): "
+    "the held-out metric after training. *forgetting*: the rise of the loss on the pretraining "
+    "corpus's validation text with the adapter active. *ms/token*: inference latency per token, "
+    "in parentheses its ratio to the untuned base timed in turn; *merged*: the same with the "
+    "adapter merged into the weights, for the methods that merge. Every figure but the "
+    "timings repeats on a re-run.",
+)
 
 
 def _size(n: float | None) -> str:
@@ -142,12 +156,8 @@ def _csv(results: dict[str, Any]) -> str:
 
 def plot(out: Path, results: dict[str, Any]) -> list[str]:
     """Write the PNGs; return their names ([] without matplotlib)."""
-    try:
-        import matplotlib  # noqa: PLC0415
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []
     rows = [r for r in results["methods"] if r.get("status") == "ok"]
     classify = results["settings"]["task"] == "docstring-topic"
@@ -156,10 +166,7 @@ def plot(out: Path, results: dict[str, Any]) -> list[str]:
     names = []
 
     def save(fig: Any, name: str) -> None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        atomic_write_bytes(out / name, buf.getvalue())
+        save_png(fig, out / name, dpi=110)
         names.append(name)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -181,12 +188,15 @@ def plot(out: Path, results: dict[str, Any]) -> list[str]:
         save(fig, name)
     fig, ax = plt.subplots(figsize=(8, 4))
     xs = range(len(rows))
-    ax.bar([i - 0.2 for i in xs], [r["latency_ms_per_token"] for r in rows], 0.4, label="unmerged")
-    ax.bar([i + 0.2 for i in xs], [r["latency_merged_ms_per_token"] or 0 for r in rows], 0.4,
-           label="merged")  # fmt: skip
-    ax.axhline(results["base"]["latency_ms_per_token"], color="k", lw=1, ls="--", label="base")
+    unmerged = [r["latency_vs_base"] for r in rows]
+    merged = [r["latency_merged_vs_base"] or 0 for r in rows]
+    ax.bar([i - 0.2 for i in xs], unmerged, 0.4, label="unmerged")
+    ax.bar([i + 0.2 for i in xs], merged, 0.4, label="merged")
+    ax.axhline(1.0, color="k", lw=1, ls="--", label="base")
     ax.set_xticks(list(xs), [r["method"] for r in rows], rotation=45, ha="right")
-    ax.set(ylabel="ms per token", title="Inference latency")
+    ax.set(
+        ylabel="ms per token / the base's", title="Inference latency (timed in turn with the base)"
+    )
     ax.legend()
     save(fig, "latency.png")
     return names
@@ -199,13 +209,13 @@ def write_outputs(out: Path, results: dict[str, Any], log: Any = print) -> None:
     atomic_write_text(out / "results.csv", _csv(results))
     pngs = plot(out, results)
     if not pngs:
-        log("plots skipped: matplotlib is not installed (pip install 'minipeft[plots]')")
+        log(f"plots skipped: {MISSING}")
     s = results["settings"]
     lines = [f"# minipeft compare: {s['task']}, {s['steps']} steps, seed {s['seed']}", "",
              f"Base model: `{s['model']}`; device {results['device']}; minipeft "
              f"{results['minipeft']}{'; --quick' if s['quick'] else ''}.", "",
-             format_table(results, markdown=True), "", "## The seed's claims, measured",
-             ""]  # fmt: skip
+             format_table(results, markdown=True), "", *GLOSSARY, "",
+             "## The seed's claims, measured", ""]  # fmt: skip
     lines += [f"- {c}" for c in claims(results)] or ["- (no claim's methods were measured)"]
     lines += ["", *(f"![{p[:-4]}]({p})" for p in pngs)]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

@@ -31,6 +31,7 @@ from ..fileio import atomic_write_text, check_output_path, load_safetensors
 from ..models import AutoModelForCausalLM
 from ..models.checkpoints import resolve_model
 from ..peft.adapter_io import adapter_dir
+from ..plotting import MISSING, pyplot, save_png
 from .finetune import finetune
 from .rank_math import (
     energy_fraction,
@@ -178,13 +179,9 @@ def _print_subspace(log: Any, sub: dict[str, Any]) -> None:
 
 
 def _plots(out: Path, result: dict[str, Any], log: Any) -> list[str]:
-    try:
-        import matplotlib  # noqa: PLC0415
-
-        matplotlib.use("Agg")  # files only, no display
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError:
-        log("plots skipped: matplotlib is not installed (pip install matplotlib)")
+    plt = pyplot()
+    if plt is None:
+        log(f"plots skipped: {MISSING}")
         return []
     ranks = result["ranks"]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -196,8 +193,7 @@ def _plots(out: Path, result: dict[str, Any], log: Any) -> list[str]:
     ax.set_xticks(ranks, [str(r) for r in ranks])
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "energy.png", dpi=120)
-    plt.close(fig)
+    save_png(fig, out / "energy.png")
     sub = result["subspace"]
     fig, ax = plt.subplots(figsize=(7, 3))
     grid = np.asarray(sub["mean"])  # (k_1, k_2); entry [i-1, j-1] is φ at (i, j)
@@ -208,8 +204,7 @@ def _plots(out: Path, result: dict[str, Any], log: Any) -> list[str]:
     ax.set(xlabel=f"j (A, r={r2})", ylabel=f"i (A, r={r1})", title=title)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(out / "subspace.png", dpi=120)
-    plt.close(fig)
+    save_png(fig, out / "subspace.png")
     return [os.fspath(out / "energy.png"), os.fspath(out / "subspace.png")]
 
 

@@ -69,13 +69,11 @@ def print_rank_report(tuner: Any, adapter_name: str = "default") -> list[RankRow
 def plot_rank_report(rows: list[RankRow], path: str | os.PathLike[str]) -> str | None:
     """A bar chart of the final ranks (the initial rank dashed) written as a PNG at ``path``;
     returns the path, or None (saying so in one line) when matplotlib is not installed."""
-    try:
-        import matplotlib  # noqa: PLC0415
+    from ....plotting import MISSING, pyplot, save_png  # noqa: PLC0415
 
-        matplotlib.use("Agg")  # files only, no display
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError:
-        print("rank plot skipped: matplotlib is not installed (pip install matplotlib)")
+    plt = pyplot()
+    if plt is None:
+        print(f"rank plot skipped: {MISSING}")
         return None
     fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(rows) + 2), 3.5))
     ax.bar(range(len(rows)), [r.final_r for r in rows], color="tab:blue", label="final rank")
@@ -86,6 +84,4 @@ def plot_rank_report(rows: list[RankRow], path: str | os.PathLike[str]) -> str |
     ax.set_title("AdaLoRA: final rank per module")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.fspath(path), dpi=120)
-    plt.close(fig)
-    return os.fspath(path)
+    return save_png(fig, path)
