@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -50,3 +51,23 @@ def device(request: pytest.FixtureRequest) -> str:
     if request.param == "cuda" and not minipeft.cuda_available():
         pytest.skip("CUDA is not available here (needs CuPy and an NVIDIA GPU)")
     return request.param
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+    """A temporary folder for a test module's jobs, which is also their cache
+    (``MINIPEFT_CACHE``), so nothing reads or writes the user's own cached base."""
+    root = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("MINIPEFT_CACHE", str(root / "cache"))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def base(work: Path) -> Path:
+    """A seconds-old base model: ``minipeft pretrain --preset nano`` for 3 steps."""
+    from minipeft.cli import main  # noqa: PLC0415
+
+    out = work / "base"
+    assert main(["pretrain", "--preset", "nano", "--steps", "3", "--out", str(out), "--quiet"]) == 0
+    return out

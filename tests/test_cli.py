@@ -34,22 +34,6 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory):
-    """A temporary folder holding the cache (``MINIPEFT_CACHE``) and every run's output."""
-    root = tmp_path_factory.mktemp("cli")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MINIPEFT_CACHE", str(root / "cache"))
-        yield root
-
-
-@pytest.fixture(scope="module")
-def base(work: Path) -> Path:
-    out = work / "base"
-    assert main(["pretrain", "--preset", "nano", "--steps", "3", "--out", str(out), "--quiet"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
 def adapter(work: Path, base: Path) -> Path:
     out = work / "ad"
     argv = ["finetune", "--method", "lora", "--model", str(base), "--task", "docstrings",

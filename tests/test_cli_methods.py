@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 
 import pytest
 
@@ -18,21 +17,6 @@ from minipeft.cli_commands import _field_overrides
 from minipeft.peft.registry import COMBINATIONS, preset_class, preset_names
 
 PEFT_METHODS = [m for m in preset_names() if m != "lora"] + list(COMBINATIONS)  # LoRA: test_cli
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("cli-methods")
-    with pytest.MonkeyPatch.context() as m:
-        m.setenv("MINIPEFT_CACHE", str(root / "cache"))
-        yield root
-
-
-@pytest.fixture(scope="module")
-def base(work: Path) -> Path:
-    out = work / "base"
-    assert main(["pretrain", "--preset", "nano", "--steps", "2", "--out", str(out), "--quiet"]) == 0
-    return out
 
 
 def _one_error_line(capsys) -> str:

@@ -39,21 +39,6 @@ def quiet(*_a: object) -> None:
     pass
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("compare")
-    with pytest.MonkeyPatch.context() as m:
-        m.setenv("MINIPEFT_CACHE", str(root / "cache"))
-        yield root
-
-
-@pytest.fixture(scope="module")
-def base(work: Path) -> Path:
-    out = work / "base"
-    assert main(["pretrain", "--preset", "nano", "--steps", "3", "--out", str(out), "--quiet"]) == 0
-    return out
-
-
 def two_layer_base(base: Path, folder: Path, n_positions: int) -> Path:
     """A seeded 2-layer GPT-2 with the nano base's tokenizer (a short context on request)."""
     cfg = json.loads((base / "config.json").read_text())

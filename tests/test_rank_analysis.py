@@ -148,19 +148,6 @@ def test_orthogonal_subspaces_and_the_random_expectation():
 
 
 # ------------------------------------------------------------------------------ the command
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("rank")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MINIPEFT_CACHE", str(root / "cache"))
-        yield root
-
-
-@pytest.fixture(scope="module")
-def base(work: Path) -> Path:
-    out = work / "base"
-    assert main(["pretrain", "--preset", "nano", "--steps", "3", "--out", str(out), "--quiet"]) == 0
-    return out
 
 
 def test_rank_analysis_end_to_end(work: Path, base: Path, capsys):
