@@ -32,7 +32,7 @@ from ..backend import device_of, to_device
 from ..nn import Linear, Module, Parameter
 from ..tensor import Tensor
 from .blockwise import dequantize_4bit, quantize_4bit
-from .packed_linear import PackedLinear
+from .packed_linear import PackedLinear, PackedParameter
 from .state import QuantState
 
 __all__ = ["Linear4bit", "Params4bit", "check_quant_state", "MERGE_WARNING"]
@@ -119,7 +119,7 @@ def _state_on(state: QuantState, device: str) -> QuantState:
     )
 
 
-class Params4bit(Parameter):
+class Params4bit(PackedParameter):
     """The 4-bit weight: packed codes uint8 (ceil(n/2), 1) and their ``quant_state``.
 
     bitsandbytes' ``Params4bit``. Frozen for good: asking it to require grad raises. PEFT counts
@@ -127,29 +127,14 @@ class Params4bit(Parameter):
     """
 
     params_per_element = 2
+    what, stores, layer = "4-bit weight", "4-bit codes", "Linear4bit"
+    train = "get_peft_model(model, LoraConfig(...)): QLoRA"
 
     def __init__(self, data: Any, quant_state: QuantState) -> None:
         arr = data.data if isinstance(data, Tensor) else data
         check_quant_state(arr, quant_state)
         self._init(arr, False)
         self.quant_state = quant_state
-
-    @property
-    def requires_grad(self) -> bool:
-        return False
-
-    @requires_grad.setter
-    def requires_grad(self, flag: bool) -> None:
-        if flag:
-            raise TypeError(
-                "a 4-bit weight (Params4bit) cannot require grad: it stores 4-bit codes, not "
-                "floats. Train an adapter on it (get_peft_model(model, LoraConfig(...)): QLoRA), "
-                "or dequantize the layer first (Linear4bit.dequantize())"
-            )
-
-    def requires_grad_(self, flag: bool = True) -> Params4bit:
-        self.requires_grad = flag  # raises for True
-        return self
 
     @property
     def quant_type(self) -> str:

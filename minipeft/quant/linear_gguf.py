@@ -28,7 +28,7 @@ from ..backend import to_device
 from ..nn import Module, Parameter
 from ..tensor import Tensor
 from .gguf_blocks import BLOCK_SIZE, TYPE_SIZES, check_type, dequantize_blocks, quantize_blocks
-from .packed_linear import PackedLinear
+from .packed_linear import PackedLinear, PackedParameter
 
 __all__ = ["MERGE_WARNING", "LinearGGUF", "ParamsGGUF"]
 
@@ -43,9 +43,12 @@ def _dequantize(raw: Any, state: tuple[str, tuple[int, int]]) -> Any:
     return dequantize_blocks(raw, *state)
 
 
-class ParamsGGUF(Parameter):
+class ParamsGGUF(PackedParameter):
     """The packed weight: raw blocks uint8 (out, in / 32 · type_size), ``type_name`` and
     ``quant_shape`` (out, in). Frozen for good: asking it to require grad raises."""
+
+    what, stores, layer = "GGUF-quantized weight", "packed blocks", "LinearGGUF"
+    train = "get_peft_model(model, LoraConfig(...))"
 
     def __init__(self, data: Any, type_name: str, shape: tuple[int, int]) -> None:
         arr = data.data if isinstance(data, Tensor) else data
@@ -64,23 +67,6 @@ class ParamsGGUF(Parameter):
             )
         self._init(arr.reshape(want), False)
         self.type_name, self.quant_shape = name, shape
-
-    @property
-    def requires_grad(self) -> bool:
-        return False
-
-    @requires_grad.setter
-    def requires_grad(self, flag: bool) -> None:
-        if flag:
-            raise TypeError(
-                "a GGUF-quantized weight (ParamsGGUF) cannot require grad: it stores packed "
-                "blocks, not floats. Train an adapter on it (get_peft_model(model, "
-                "LoraConfig(...))), or dequantize the layer first (LinearGGUF.dequantize())"
-            )
-
-    def requires_grad_(self, flag: bool = True) -> ParamsGGUF:
-        self.requires_grad = flag  # raises for True
-        return self
 
     def __repr__(self) -> str:
         return f"ParamsGGUF({self.type_name}, shape={self.quant_shape}, packed {self.shape})"

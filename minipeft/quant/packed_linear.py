@@ -21,7 +21,32 @@ from ..nn import Linear, Module, Parameter
 from ..ops.linear4bit import Linear4bit as PackedLinearFn
 from ..tensor import Tensor
 
-__all__ = ["PackedLinear"]
+__all__ = ["PackedLinear", "PackedParameter"]
+
+
+class PackedParameter(Parameter):
+    """A packed (quantized) weight: frozen for good, since it holds codes, not floats. Asking
+    it to require grad raises, naming what it stores and what to do instead; a subclass sets
+    the words: ``what`` it is, what it ``stores``, how to ``train`` on it, its ``layer``."""
+
+    what, stores, train, layer = "packed weight", "packed codes", "", "PackedLinear"
+
+    @property
+    def requires_grad(self) -> bool:
+        return False
+
+    @requires_grad.setter
+    def requires_grad(self, flag: bool) -> None:
+        if flag:
+            raise TypeError(
+                f"a {self.what} ({type(self).__name__}) cannot require grad: it stores "
+                f"{self.stores}, not floats. Train an adapter on it ({self.train}), or "
+                f"dequantize the layer first ({self.layer}.dequantize())"
+            )
+
+    def requires_grad_(self, flag: bool = True) -> PackedParameter:
+        self.requires_grad = flag  # raises for True
+        return self
 
 
 class PackedLinear(Module):
