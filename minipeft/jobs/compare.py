@@ -199,7 +199,7 @@ class _Context:
 
 def _base_row(ctx: _Context) -> dict[str, Any]:
     """The untrained base: its held-out metric, old-domain loss and latency (the reference)."""
-    model = load_base(ctx.s["model"], ctx.task, ctx.tokenizer, ctx.device, ctx.s["seed"])
+    model = ctx.reference()
     block = min(128, model.config.max_position_embeddings)
     data = ctx.data(block)
     metrics = evaluate(model, data.test(ctx.s["seed"], 0), ctx.device, ctx.mode["eval_batches"])
