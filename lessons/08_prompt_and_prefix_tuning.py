@@ -379,7 +379,8 @@ assert plain.get_nb_trainable_parameters()[0] == T_v * 2 * L * C
 assert projected.peft_config["default"].encoder_hidden_size == C  # h = C
 assert all(losses[-1] < losses[0] / 2 for losses in curves.values())  # all of them learn
 assert curves["prefix + projection"][0] < curves["prefix"][0]  # the MLP starts smaller
-assert curves["prefix, same start"][0] == curves["prefix + projection"][0]
+# the same start up to float32 rounding (the MLP runs batched in the forward, unbatched here)
+assert abs(curves["prefix, same start"][0] - curves["prefix + projection"][0]) < 1e-5
 speed = {name: first_below(losses, 0.5) for name, losses in curves.items()}
 assert speed["prefix + projection"] < speed["prefix, same start"]
 assert curves["prefix + projection"][-1] < curves["prefix"][-1]

@@ -241,7 +241,9 @@ def test_saved_prompt_embeddings_load_back_to_the_same_output(kind) -> None:
     source = make(KINDS[kind]())
     randomize(source, seed=1)
     saved, before = source.embedding_to_save(), output(source)
-    np.testing.assert_allclose(saved, before[0], rtol=0, atol=0)  # the output for every token
+    # the output for every token, to float32 rounding: the encoder runs batched in the forward,
+    # unbatched here, and BLAS may block the two products differently
+    np.testing.assert_allclose(saved, before[0], rtol=1e-6, atol=1e-6)
     trainable = make(KINDS[kind]())
     loading_config = KINDS[kind]()
     loading_config.inference_mode = True  # PEFT's layout when loading for inference
