@@ -15,6 +15,7 @@ cross_entropy                          logits (..., V), integer targets (...)
 layer_norm, rms_norm                   over the last ``len(normalized_shape)`` dims
 gelu ("none" | "tanh"), silu, relu,    gelu "tanh" is GPT-2's ``gelu_new``
 sigmoid, tanh
+silu_mul, rotary_embedding             LLaMA's SwiGLU product and RoPE, one Function each
 linear, embedding                      W (out, in) as PyTorch stores it; ids checked in [0, V)
 dropout                                inverted dropout, seeded per device or by ``generator``
 scaled_dot_product_attention           causal mask aligned to the *last* keys (see there)
@@ -38,6 +39,7 @@ from .attention import scaled_dot_product_attention
 from .backend import xp_of
 from .functional_checks import const_array, float_tensor, keep_mask, same_dtype
 from .ops import fused as FU
+from .ops import fused_llama as FL
 from .ops.api import (
     abs,
     add,
@@ -88,7 +90,7 @@ __all__ = [
     # activations, norms, losses and attention: defined below (fused ops)
     "softmax", "log_softmax", "logsumexp", "cross_entropy", "layer_norm", "rms_norm", "gelu",
     "silu", "relu", "sigmoid", "tanh", "linear", "embedding", "dropout",
-    "scaled_dot_product_attention",
+    "scaled_dot_product_attention", "silu_mul", "rotary_embedding",
     # the Tensor operators and methods as functions (one definition, in ops/api.py)
     "add", "sub", "mul", "truediv", "div", "neg", "pow", "exp", "log", "sqrt", "abs", "maximum",
     "minimum", "where", "masked_fill", "clip", "clamp", "sum", "mean", "max", "amax", "var",
@@ -252,6 +254,26 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', found {approximate!r}")
     return FU.Gelu.apply(x, approximate=approximate)
+
+
+def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
+    """SwiGLU's silu(gate) ⊙ up (LLaMA's MLP) in one Function: y = g σ(g) u, same shapes."""
+    a, b = float_tensor(gate, "silu_mul"), float_tensor(up, "silu_mul")
+    same_dtype("silu_mul", a, up=b)
+    if a.shape != b.shape:
+        raise ValueError(f"silu_mul: expected gate and up of one shape, found {a.shape}, {b.shape}")
+    return FL.SiluMul.apply(a, b)
+
+
+def rotary_embedding(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """RoPE in HF's half-split layout: x ⊙ cos + rotate_half(x) ⊙ sin in one Function.
+
+    x (B, H, T, D); cos, sin (B or 1, T, D), broadcast over the H heads, no gradient."""
+    x = float_tensor(x, "rotary_embedding")
+    if x.ndim != 4 or cos.shape != sin.shape or cos.ndim != 3 or cos.shape[1:] != x.shape[2:]:
+        raise ValueError(f"rotary_embedding: expected x (B, H, T, D) and cos, sin (B, T, D), "
+                         f"found {x.shape}, {cos.shape}, {sin.shape}")  # fmt: skip
+    return FL.Rope.apply(x, cos.detach(), sin.detach())
 
 
 # ------------------------------------------------------------------------ layers

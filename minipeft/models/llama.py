@@ -86,8 +86,11 @@ class LlamaMLP(nn.Module):
         self.up_proj = nn.Linear(C, inner, bias=bias)
         self.down_proj = nn.Linear(inner, C, bias=bias)
         self.act = get_activation(config.hidden_act)
+        self.fused = config.hidden_act == "silu"  # silu(g) ⊙ u as one Function (F.silu_mul)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fused:
+            return self.down_proj(F.silu_mul(self.gate_proj(x), self.up_proj(x)))
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 

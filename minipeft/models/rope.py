@@ -19,13 +19,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import functional as F
 from .. import nn
 from ..backend import xp_of
 from ..creation import arange, tensor
 from ..ops.api import cat
 from ..tensor import Tensor, float32
 
-__all__ = ["rope_inv_freq", "RotaryEmbedding", "rotate_half", "apply_rotary_pos_emb"]
+__all__ = [
+    "rope_inv_freq",
+    "RotaryEmbedding",
+    "rotate_half",
+    "apply_rotary_pos_emb",
+    "apply_rotary_pos_emb_composite",
+]
 
 
 def rope_inv_freq(head_dim: int, base: float = 10000.0, device: str = "cpu") -> Tensor:
@@ -75,6 +82,13 @@ def rotate_half(x: Tensor) -> Tensor:
 
 def apply_rotary_pos_emb(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Any, Any]:
     """Rotate q (B, H, T, D) and k (B, H_kv, T, D) by cos/sin (B, T, D) (broadcast over heads)."""
+    return F.rotary_embedding(q, cos, sin), F.rotary_embedding(k, cos, sin)
+
+
+def apply_rotary_pos_emb_composite(q: Tensor, k: Tensor, cos: Tensor,
+                                   sin: Tensor) -> tuple[Any, Any]:  # fmt: skip
+    """The same rotation from primitives (``rotate_half``, ``*``, ``+``): the fused op's test
+    reference."""
     cos = cos.unsqueeze(1)  # (B, 1, T, D)
     sin = sin.unsqueeze(1)
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
