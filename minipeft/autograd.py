@@ -219,6 +219,8 @@ def backward(root: Tensor, grad: Any, retain_graph: bool = False) -> None:
         for parent, pg, needed in zip(node.inputs, in_grads, ctx.needs_input_grad):
             if not needed or pg is None:
                 continue
+            if pg.dtype != parent.dtype:  # a gradient has its tensor's dtype (as in PyTorch):
+                pg = pg.astype(parent.dtype)  # float16 ops may compute it in float32
             key = id(parent)
             prev = grads.get(key)
             grads[key] = pg if prev is None else prev + pg

@@ -35,6 +35,7 @@ from pathlib import Path
 from . import __version__
 from . import cli_commands as commands
 from .peft.registry import COMBINATIONS, QUANTIZED, preset_names
+from .precision import PRECISIONS
 
 __all__ = ["main", "build_parser"]
 
@@ -47,10 +48,17 @@ def _threads(p: argparse.ArgumentParser) -> None:
                    "$MINIPEFT_NUM_THREADS; 0 = the BLAS library's own default)")  # fmt: skip
 
 
+def _precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="fp32 (default), "
+                   "tf32 (GPU matmuls on TF32 cores), fp16 (with fp32 master weights and "
+                   "dynamic loss scaling) or bf16")  # fmt: skip
+
+
 def _training(p: argparse.ArgumentParser, steps: str, lr: str) -> None:
     """Flags that go to the Trainer; None means "the job's default" (or, with --resume, the
     value the run was started with)."""
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    _precision(p)
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {steps})")
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {lr})")
@@ -120,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="base model: a folder, a .gguf file or a "
                    "checkpoint name (default: the cached base, made on first use)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    _precision(p)
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per method "
                    "(default 100; 30 with --quick)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="30 smaller steps and capped "

@@ -92,7 +92,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def _train_flags(args: argparse.Namespace) -> dict:
     return {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
             "warmup": args.warmup, "grad_accum": args.grad_accum, "eval_every": args.eval_every,
-            "save_every": args.save_every, "seed": args.seed}  # fmt: skip
+            "save_every": args.save_every, "seed": args.seed,
+            "precision": args.precision}  # fmt: skip
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -298,7 +299,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     compare(out=args.out, methods=args.methods, task=args.task, model=args.model,
             steps=args.steps, quick=args.quick, seed=args.seed, device=args.device,
-            resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)  # fmt: skip
+            precision=args.precision, resume=args.resume, overwrite=args.overwrite,
+            progress=not args.quiet)  # fmt: skip
     return 0
 
 

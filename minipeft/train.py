@@ -33,8 +33,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .autograd import no_grad
 from .backend import get_rng, manual_seed, to_device, to_numpy
 from .evaluation import Batch, count_tokens, evaluate, to_device_batch
@@ -42,6 +40,8 @@ from .fileio import atomic_write_text, load_safetensors, save_safetensors
 from .interrupt import TrainingInterrupted, stop_on_sigint
 from .nn import Module
 from .optim import AdamW, clip_grad_norm_, flatten_state_dict, get_schedule, unflatten_state_dict
+from .precision import MixedPrecision
+from .train_config import TrainConfig
 
 __all__ = [
     "Callback",
@@ -53,64 +53,6 @@ __all__ = [
     "evaluate",
     "to_device_batch",
 ]
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of :class:`Trainer` (validated; errors name the field)."""
-
-    max_steps: int = 100
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_steps: int = 0
-    schedule: str = "cosine"  # "cosine" | "linear" | "constant"
-    grad_clip: float | None = 1.0
-    grad_accum_steps: int = 1
-    eval_every: int = 0  # 0: only at the end
-    eval_batches: int | None = None  # cap on batches per evaluation
-    log_every: int = 10
-    output_dir: str | None = None  # metrics.jsonl and checkpoints go here
-    save_every: int = 0  # 0: only at the end (when output_dir is set)
-    seed: int = 0
-    device: str = "cpu"
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        # field -> (is the value valid?, what was expected); a wrong type counts as invalid.
-        positive = (lambda v: _is_int(v) and v >= 1, "an integer >= 1")
-        count = (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
-        checks: dict[str, tuple[Callable[[Any], bool], str]] = {
-            "max_steps": positive,
-            "lr": (lambda v: v > 0 and math.isfinite(v), "a finite number > 0"),
-            "weight_decay": (lambda v: v >= 0, "a number >= 0"),
-            "betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "2 numbers in [0, 1)"),
-            "eps": (lambda v: v > 0, "a number > 0"),
-            "warmup_steps": (lambda v: _is_int(v) and 0 <= v <= self.max_steps,
-                             f"an integer in [0, max_steps={self.max_steps}]"),
-            "schedule": (lambda v: v in ("cosine", "linear", "constant"),
-                         "'cosine', 'linear' or 'constant'"),
-            "grad_clip": (lambda v: v is None or v > 0, "None or a number > 0"),
-            "grad_accum_steps": positive,
-            "eval_every": count,
-            "eval_batches": (lambda v: v is None or positive[0](v), "None or an integer >= 1"),
-            "log_every": positive,
-            "save_every": count,
-            "device": (lambda v: v in ("cpu", "cuda", "cuda:0"), "'cpu' or 'cuda'"),
-        }  # fmt: skip
-        for name, (ok, expected) in checks.items():
-            value = getattr(self, name)
-            try:
-                valid = bool(ok(value))
-            except TypeError:
-                valid = False
-            if not valid:
-                raise ValueError(f"TrainConfig.{name}: expected {expected}, found {value!r}")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 class Callback:
@@ -186,6 +128,8 @@ class Trainer:
         self.scheduler = get_schedule(
             config.schedule, self.optimizer, config.warmup_steps, config.max_steps
         )
+        # fp16/bf16: frozen weights cast once, trainable ones swapped for compute copies per step
+        self.amp = MixedPrecision(model, self.params, config.precision, config.device[:4])
         self.step = 0
         self.tokens = 0
         self.history: list[dict[str, Any]] = []
@@ -262,20 +206,14 @@ class Trainer:
                     checkpoint = str(out_dir / "checkpoint")
                     self.save_checkpoint(checkpoint)
                 raise TrainingInterrupted(self.step, cfg.max_steps, checkpoint)
-            loss_sum = 0.0
-            for _ in range(cfg.grad_accum_steps):
-                batch = next(stream)
-                out = self.model(**to_device_batch(batch, cfg.device))
-                loss = out.loss
-                if not math.isfinite(loss.item()):
-                    raise FloatingPointError(f"loss became {loss.item()} at step {self.step + 1}")
-                (loss / cfg.grad_accum_steps).backward()
-                loss_sum += loss.item() / cfg.grad_accum_steps
-                n = count_tokens(batch)
-                self.tokens += n
-                run_tokens += n
-            grad_norm = clip_grad_norm_(self.params, cfg.grad_clip) if cfg.grad_clip else None
-            self.optimizer.step()
+            scale = self.amp.loss_scale
+            loss_sum, finite, n = self._forward_backward(stream, scale)
+            run_tokens += n
+            grad_norm = None
+            if finite:  # fp16: a step whose gradients overflowed is skipped (loss scaling)
+                grad_norm = clip_grad_norm_(self.params, cfg.grad_clip) if cfg.grad_clip else None
+                self.optimizer.step()
+            self.amp.update(finite)
             self.scheduler.step()
             self.step += 1
             for cb in self.callbacks:
@@ -290,6 +228,8 @@ class Trainer:
             }
             if grad_norm is not None:
                 logs["grad_norm"] = round(float(grad_norm), 6)
+            if self.amp.scaler is not None:
+                logs.update(loss_scale=scale, skipped_steps=self.amp.scaler.skipped)
             last = self.step == cfg.max_steps
             if self._eval_iter() is not None and (
                 last or (cfg.eval_every and self.step % cfg.eval_every == 0)
@@ -305,6 +245,28 @@ class Trainer:
             if out_dir and (last or (cfg.save_every and self.step % cfg.save_every == 0)):
                 self.save_checkpoint(out_dir / "checkpoint")
         return metrics
+
+    def _forward_backward(self, stream: Iterator[Batch], scale: float) -> tuple[float, bool, int]:
+        """One optimizer step's micro-batches: forward, backward of ``scale · loss / accum``.
+        Returns (mean loss, whether the gradients are finite, tokens seen)."""
+        cfg, loss_sum, tokens = self.config, 0.0, 0
+        self.amp.cast()
+        try:
+            with self.amp.quiet_overflow():
+                for _ in range(cfg.grad_accum_steps):
+                    batch = next(stream)
+                    loss = self.model(**to_device_batch(batch, cfg.device)).loss
+                    if not math.isfinite(loss.item()):
+                        raise FloatingPointError(
+                            f"loss became {loss.item()} at step {self.step + 1}"
+                        )
+                    (loss * (scale / cfg.grad_accum_steps)).backward()
+                    loss_sum += loss.item() / cfg.grad_accum_steps
+                    tokens += count_tokens(batch)
+        finally:  # fp32 masters back even when interrupted, so a checkpoint holds them
+            finite = self.amp.restore()
+        self.tokens += tokens
+        return loss_sum, finite, tokens
 
     def _log(self, logs: dict[str, Any], out_dir: Path | None) -> None:
         self.history.append(logs)
@@ -332,6 +294,7 @@ class Trainer:
             "consumed": self._consumed, "optimizer": opt_meta,
             "scheduler": self.scheduler.state_dict(), "config": asdict(self.config),
             "rng": rng.bit_generator.state if self.config.device == "cpu" else None,
+            "precision": self.amp.state_dict(),
         }  # fmt: skip
         model_arrays, model_meta = getattr(self.model, "training_state", lambda: ({}, {}))()
         if model_meta:
@@ -372,6 +335,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.tokens = state["step"], state["tokens"]
         self._epoch, self._consumed = state["epoch"], state["consumed"]
+        self.amp.load_state_dict(state.get("precision", {}))
         if state.get("rng") is not None:
             get_rng(self.config.device).bit_generator.state = state["rng"]
         if state.get("model_state") and hasattr(self.model, "load_training_state"):

@@ -34,6 +34,7 @@ from ..data import iterate_batches, lm_blocks, load_corpus, tokenize_documents, 
 from ..fileio import atomic_write_text, check_output_path
 from ..interrupt import TrainingInterrupted
 from ..models import AutoModelForCausalLM
+from ..precision import check_precision
 from ..tasks import get_task
 from ..tokenizer import Tokenizer
 from ..train import evaluate
@@ -158,8 +159,8 @@ class _Context:
     """What every method's measurements share: the tokenizer, the pretraining corpus's
     validation text and the base's loss on it (per block size), batches per block size."""
 
-    def __init__(self, s: dict[str, Any], device: str) -> None:
-        self.s, self.device = s, device
+    def __init__(self, s: dict[str, Any], device: str, precision: str = "fp32") -> None:
+        self.s, self.device, self.precision = s, device, precision
         self.mode = QUICK if s["quick"] else FULL
         self.task = get_task(s["task"])
         self.tokenizer = Tokenizer.from_pretrained(s["model"])
@@ -256,6 +257,7 @@ def compare(
     quick: bool = False,
     seed: int = 0,
     device: str = "cpu",
+    precision: str = "fp32",
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -267,7 +269,8 @@ def compare(
     cached base (pretrained first when absent, as ``quickstart`` does), ``steps`` to 100 (30
     with ``quick``, which also halves the batch and caps evaluations). A method that cannot
     run on this task or model gets a row saying why and the others go on. Ctrl-C keeps every
-    finished row (and the running method's checkpoint); ``resume`` continues.
+    finished row (and the running method's checkpoint); ``resume`` continues. ``precision``
+    (fp32, tf32, fp16, bf16) is that of every fine-tune.
     """
     given = {"methods": list(methods) if methods else None, "task": task,
              "model": None if model is None else os.fspath(model), "steps": steps,
@@ -278,8 +281,9 @@ def compare(
     s, rows = _prepare(out, fresh, given, resume, overwrite)
     if s["model"] == fresh["model"] and model is None:
         _ensure_default_base(s["model"], device, progress, log)
-    ctx = _Context(s, device)
-    results = {"minipeft": __version__, "settings": s, "device": device, "methods": rows}
+    ctx = _Context(s, device, check_precision(precision))
+    results = {"minipeft": __version__, "settings": s, "device": device, "precision": precision,
+               "methods": rows}  # fmt: skip
     results["base"] = _base_row(ctx)
     done = {r["method"] for r in rows}
     todo = [m for m in s["methods"] if m not in done]
@@ -306,9 +310,10 @@ def _run_method(ctx: _Context, out: Path, method: str, resume: bool, progress: b
     try:
         res = finetune(s["model"], task=s["task"], out=run, method=method, steps=s["steps"],
                        batch_size=ctx.mode["batch_size"], seed=s["seed"], device=ctx.device,
-                       resume=unfinished, overwrite=not unfinished, progress=progress,
-                       log=lambda *a: None, callbacks=[timer], log_every=max(1, s["steps"] // 30),
-                       eval_every=0, eval_batches=ctx.mode["eval_batches"])  # fmt: skip
+                       precision=ctx.precision, resume=unfinished, overwrite=not unfinished,
+                       progress=progress, log=lambda *a: None, callbacks=[timer],
+                       log_every=max(1, s["steps"] // 30), eval_every=0,
+                       eval_batches=ctx.mode["eval_batches"])  # fmt: skip
         return _measure(ctx, method, res, timer)
     except TrainingInterrupted:
         raise

@@ -5,11 +5,10 @@ model (metric: held-out loss), ``seq_cls`` tasks add a classification head (``sc
 and saved with the adapter, as PEFT's ``SEQ_CLS`` does; metric: accuracy), whose config names
 the task's classes (``id2label``).
 
-Methods: every name in the PEFT registry (``lora``, ``ia3``, ``seq_bn``, ``double_seq_bn``,
-``par_bn``, ...) trains an adapter and saves its folder; ``full`` trains every weight and saves a
-model folder. The job builds the method's registered config from its defaults plus field
-overrides (``fields``: ``--set r=16 target_modules=q_proj,v_proj``) and a few short flags
-(:mod:`minipeft.jobs.methods`), so a new method needs no job code: a config field named in
+Methods: every name in the PEFT registry (``lora``, ``ia3``, ``seq_bn``, ...) trains an adapter
+and saves its folder; ``full`` trains every weight and saves a model folder. The job builds the
+method's registered config from its defaults, field overrides (``--set r=16``) and a few short
+flags (:mod:`minipeft.jobs.methods`), so a new method needs no job code: a config field named in
 ``RUN_DEFAULTS`` takes the run's setting (AdaLoRA's ``total_step``: ``--steps``), the model's
 ``update_and_allocate`` runs after every optimizer step, and each tuner's ``report()`` (AdaLoRA's
 final ranks) is printed at the end. Defaults depend on the task and the method
@@ -50,20 +49,9 @@ from .inference import TOKENIZER_FILES, load_for_inference, merge
 from .methods import build_peft_configs, quantize_base
 from .runs import RUN_FILE, finish_run, prepare_run
 
-__all__ = [
-    "METHODS",
-    "COMBINATIONS",
-    "TASK_DEFAULTS",
-    "FinetuneResult",
-    "TaskData",
-    "context_limit",
-    "finetune",
-    "folder_bytes",
-    "load_base",
-    "load_for_inference",
-    "merge",
-    "task_data",
-]
+__all__ = ["METHODS", "COMBINATIONS", "TASK_DEFAULTS", "FinetuneResult", "TaskData",
+           "context_limit", "finetune", "folder_bytes", "load_base", "load_for_inference",
+           "merge", "task_data"]  # fmt: skip
 
 METHODS = ("full", *preset_names(), *COMBINATIONS, *QUANTIZED)
 
@@ -247,6 +235,7 @@ def finetune(
     log_every: int | None = None,
     eval_batches: int | None = None,
     device: str = "cpu",
+    precision: str = "fp32",
     seed: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -262,7 +251,8 @@ def finetune(
     ``out`` holds. Ctrl-C raises :class:`~minipeft.train.TrainingInterrupted` after saving a
     checkpoint. ``overrides`` sets fields of the method's config by name (``{"r": 16}``); the
     short arguments (``r``, ``alpha``, ``reduction_factor``, ...) set the field of that meaning.
-    ``callbacks`` go to the Trainer after the job's own (AdaLoRA's rank allocation).
+    ``callbacks`` go to the Trainer after the job's own (AdaLoRA's rank allocation);
+    ``precision`` is fp32, tf32, fp16 or bf16 (:mod:`minipeft.precision`).
     """
     given = {"r": r, "alpha": alpha, "dropout": dropout, "targets": targets,
              "reduction_factor": reduction_factor, "non_linearity": non_linearity,
@@ -294,7 +284,8 @@ def finetune(
     the_task = get_task(settings["task"])
     method = settings["method"]
     model_path = settings["model"]
-    cfg = _train_config(settings, device=device, progress=progress, output_dir=os.fspath(out_dir))
+    cfg = _train_config(settings, device=device, precision=precision, progress=progress,
+                        output_dir=os.fspath(out_dir))  # fmt: skip
     start = time.perf_counter()
     tokenizer = Tokenizer.from_pretrained(model_path)
     limit = context_limit(model_path, method, settings, the_task.kind)

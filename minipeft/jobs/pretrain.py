@@ -118,6 +118,7 @@ def pretrain(
     batch_size: int | None = None,
     lr: float | None = None,
     device: str = "cpu",
+    precision: str = "fp32",
     seed: int | None = None,
     warmup: int | None = None,
     grad_accum: int | None = None,
@@ -154,7 +155,8 @@ def pretrain(
     settings = prepare_run("pretrain", out_dir, {"the corpus": corpus}, fresh, given,
                            resume=resume, overwrite=overwrite)  # fmt: skip
     steps, batch_size, seed = settings["steps"], settings["batch_size"], settings["seed"]
-    cfg = _train_config(settings, device=device, progress=progress, output_dir=os.fspath(out_dir))
+    cfg = _train_config(settings, device=device, precision=precision, progress=progress,
+                        output_dir=os.fspath(out_dir))  # fmt: skip
     start = time.perf_counter()
     preset = settings["preset"]
     size = PRESETS[preset]

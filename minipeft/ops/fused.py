@@ -15,6 +15,9 @@ Notation (rows are the reduced axis; ⊙ is elementwise, Σ_j sums a row):
     attention      S = q kᵀ s, P = softmax(S), O = P v     see :mod:`minipeft.ops.fused_attention`
 
 with m the row max (subtracted so e^(·) never overflows), ĝ = g ⊙ w and c a per-row weight.
+float16 inputs to cross-entropy and the norms are computed in float32 (their sums and
+statistics lose too much in float16, the reason PyTorch's autocast runs them in float32):
+cross-entropy returns a float32 loss; a norm returns its input's dtype.
 Every temporary is fresh, so in-place updates (``out=``, ``*=``) on it are safe; the upstream
 gradient ``g`` may be a read-only broadcast view and is never written.
 """
@@ -26,6 +29,7 @@ from typing import Any
 
 from ..autograd import Context, Function
 from ..backend import erf, xp_of
+from . import cuda_kernels as K
 from .reduce import stable_max
 
 __all__ = [
@@ -45,15 +49,23 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _GELU_C = 0.044715
 
 
+def _float32_if_half(*arrays: Any) -> list[Any]:
+    """float16 arrays as float32 (for sums and statistics); other arrays and None unchanged."""
+    return [a.astype("float32") if a is not None and a.dtype == "float16" else a for a in arrays]
+
+
 class Softmax(Function):
     """p = softmax(x) along ``axis``;  dx = p ⊙ (g - Σ_j g ⊙ p)."""
 
     @staticmethod
     def forward(ctx: Context, x: Any, axis: int) -> Any:
         xp = xp_of(x)
-        p = x - x.max(axis=axis, keepdims=True)
-        xp.exp(p, out=p)
-        p /= p.sum(axis=axis, keepdims=True)
+        if K.enabled(xp) and axis in (-1, x.ndim - 1) and x.dtype == "float32":
+            p = K.softmax_rows(xp.array(x, order="C"))  # a fresh copy, softmaxed in place
+        else:
+            p = x - x.max(axis=axis, keepdims=True)
+            xp.exp(p, out=p)
+            p /= p.sum(axis=axis, keepdims=True)
         ctx.axis = axis
         ctx.save_for_backward(p)
         return p
@@ -130,6 +142,9 @@ class CrossEntropy(Function):
         ctx: Context, x: Any, target: Any, ignore_index: int, reduction: str, smoothing: float
     ) -> Any:
         xp = xp_of(x)
+        (x,) = _float32_if_half(x)
+        if K.enabled(xp):
+            return _cross_entropy_kernel(ctx, x, target, ignore_index, reduction, smoothing)
         n, v = x.shape
         valid = target != ignore_index
         safe = xp.where(valid, target, 0)  # ignored rows gather column 0, then get weight 0
@@ -158,8 +173,14 @@ class CrossEntropy(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
+        if len(ctx.meta) == 4:  # the kernel's forward
+            x, target, lse, w = ctx.saved_tensors
+            c = g * w  # (N,) per-row weight, as below
+            if ctx.meta[0] == "mean":
+                c /= xp_of(w).maximum(ctx.meta[2], 1)
+            return K.cross_entropy_backward(x, target, lse, c, ctx.meta[1])
         e, s, safe, w = ctx.saved_tensors
-        reduction, smoothing, count = ctx.meta
+        reduction, smoothing, count = ctx.meta[:3]
         xp = xp_of(e)
         c = g * w  # (N,) per-row weight; g is a scalar for "sum"/"mean"
         if reduction == "mean":
@@ -169,6 +190,24 @@ class CrossEntropy(Function):
         if smoothing:
             dx -= (smoothing / e.shape[1]) * c[:, None]
         return dx
+
+
+def _cross_entropy_kernel(ctx: Context, x: Any, target: Any, ignore_index: int, reduction: str,
+                          smoothing: float) -> Any:  # fmt: skip
+    """CrossEntropy's forward on the GPU: one kernel gives per-row losses and lse (N,); the
+    backward reads the logits (held by the graph anyway), so no (N, V) array is kept."""
+    xp = xp_of(x)
+    loss, lse = K.cross_entropy_forward(x, target, ignore_index, smoothing)
+    w = (target != ignore_index).astype(x.dtype)
+    count = w.sum()
+    ctx.meta = (reduction, smoothing, count, "kernel")
+    ctx.save_for_backward(x, target, lse, w)
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    return xp.where(count > 0, total / xp.maximum(count, 1), xp.nan).astype(x.dtype)
 
 
 class LayerNorm(Function):
@@ -183,20 +222,30 @@ class LayerNorm(Function):
     @staticmethod
     def forward(ctx: Context, x: Any, *wb: Any, eps: float, has_weight: bool) -> Any:
         xp = xp_of(x)
+        dtype = x.dtype
+        x, *wb = _float32_if_half(x, *wb)
+        w = wb[0] if has_weight else None
+        b = wb[-1] if len(wb) > int(has_weight) else None
+        ctx.kernel = K.enabled(xp)
+        if ctx.kernel:  # saves mean and 1/σ per row, not x̂ (the backward recomputes it)
+            y, mu, rstd = K.layer_norm_forward(x, w, b, eps)
+            ctx.save_for_backward(x, mu, rstd, w)
+            return y.astype(dtype, copy=False)
         xhat = x - x.mean(axis=-1, keepdims=True)
         var = xp.square(xhat).mean(axis=-1, keepdims=True)
         rstd = 1.0 / xp.sqrt(var + eps)  # (M, 1)
         xhat *= rstd
-        w = wb[0] if has_weight else None
-        b = wb[-1] if len(wb) > int(has_weight) else None
         y = xhat * w if w is not None else xhat.copy()
         if b is not None:
             y += b
         ctx.save_for_backward(xhat, rstd, w)
-        return y
+        return y.astype(dtype, copy=False)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, ...]:
+        (g,) = _float32_if_half(g)
+        if ctx.kernel:
+            return _layer_norm_kernel_backward(ctx, g)
         xhat, rstd, w = ctx.saved_tensors
         needs = ctx.needs_input_grad
         k = xhat.shape[-1]
@@ -221,6 +270,19 @@ class LayerNorm(Function):
         return tuple(grads)
 
 
+def _layer_norm_kernel_backward(ctx: Context, g: Any) -> tuple[Any, ...]:
+    """dx from one kernel; dw = Σ_rows g ⊙ x̂ and db = Σ_rows g as array sums, only when wanted
+    (a frozen norm, as in PEFT, needs neither)."""
+    x, mu, rstd, w = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    grads: list[Any] = [K.layer_norm_backward(x, g, w, mu, rstd) if needs[0] else None]
+    if w is not None:
+        grads.append(((x - mu[:, None]) * rstd[:, None] * g).sum(axis=0) if needs[1] else None)
+    if len(needs) > len(grads):
+        grads.append(g.sum(axis=0) if needs[-1] else None)
+    return tuple(grads)
+
+
 class RMSNorm(Function):
     """y = x̂ · w with x̂ = x / √(mean(x²) + eps) over the last axis of x (M, K) (LLaMA).
 
@@ -230,16 +292,31 @@ class RMSNorm(Function):
     @staticmethod
     def forward(ctx: Context, x: Any, *w: Any, eps: float) -> Any:
         xp = xp_of(x)
+        dtype = x.dtype
+        x, *w = _float32_if_half(x, *w)
+        ctx.kernel = K.enabled(xp)
+        if ctx.kernel:  # saves 1/rms per row, not x̂
+            y, rrms = K.rms_norm_forward(x, w[0] if w else None, eps)
+            ctx.save_for_backward(x, rrms, w[0] if w else None)
+            return y.astype(dtype, copy=False)
         rrms = 1.0 / xp.sqrt(xp.square(x).mean(axis=-1, keepdims=True) + eps)  # (M, 1)
         xhat = x * rrms
         weight = w[0] if w else None
         ctx.save_for_backward(xhat, rrms, weight)
-        return xhat * weight if weight is not None else xhat
+        y = xhat * weight if weight is not None else xhat
+        return y.astype(dtype, copy=False)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, ...]:
-        xhat, rrms, w = ctx.saved_tensors
+        (g,) = _float32_if_half(g)
         needs = ctx.needs_input_grad
+        if ctx.kernel:
+            x, rrms, w = ctx.saved_tensors
+            dx = K.rms_norm_backward(x, g, w, rrms) if needs[0] else None
+            if w is None:
+                return dx
+            return dx, ((x * rrms[:, None]) * g).sum(axis=0) if needs[1] else None
+        xhat, rrms, w = ctx.saved_tensors
         gx = g * xhat
         dw = gx.sum(axis=0) if (w is not None and needs[1]) else None
         dx = None
@@ -263,6 +340,10 @@ class Gelu(Function):
     @staticmethod
     def forward(ctx: Context, x: Any, approximate: str) -> Any:
         xp = xp_of(x)
+        if approximate == "tanh" and K.enabled(xp):  # one kernel; the backward recomputes t
+            ctx.approximate = "kernel"
+            ctx.save_for_backward(x)
+            return K.gelu_tanh(x)
         if approximate == "tanh":
             t = x * x
             t *= _GELU_C
@@ -283,6 +364,8 @@ class Gelu(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
+        if ctx.approximate == "kernel":
+            return K.gelu_tanh_backward(ctx.saved_tensors[0], g)
         x, cdf, t = ctx.saved_tensors
         xp = xp_of(x)
         if ctx.approximate == "tanh":

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..autograd import Context, Function, unbroadcast
 from ..backend import xp_of
+from . import cuda_kernels as K
 from .reduce import stable_max
 
 __all__ = ["Attention", "causal_allowed"]
@@ -67,11 +68,14 @@ class Attention(Function):
             s5 += mask[0].reshape(mask_shape5)
         if blocked is not None:
             xp.copyto(s5, -xp.inf, where=blocked)
-        s -= stable_max(s, -1)
-        xp.exp(s, out=s)
-        total = s.sum(axis=-1, keepdims=True)
-        total[total == 0] = 1  # a fully blocked row: all zeros stay zeros
-        s /= total  # s is now P
+        if K.enabled(xp) and s.dtype == "float32":  # cuBLAS GEMMs around one softmax kernel
+            K.softmax_rows(s)  # in place; a fully blocked row becomes zeros
+        else:
+            s -= stable_max(s, -1)
+            xp.exp(s, out=s)
+            total = s.sum(axis=-1, keepdims=True)
+            total[total == 0] = 1  # a fully blocked row: all zeros stay zeros
+            s /= total  # s is now P
         pd = s
         if keep is not None:  # bool (*, Hkv, G·Tq, Tk), drawn by the caller
             pd = s * keep

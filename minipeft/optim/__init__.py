@@ -9,6 +9,7 @@ opt.zero_grad()
 from __future__ import annotations
 
 from .clip import clip_grad_norm_
+from .loss_scaler import LossScaler
 from .optimizers import SGD, AdamW, Optimizer, flatten_state_dict, unflatten_state_dict
 from .schedules import (
     SCHEDULES,
@@ -28,4 +29,5 @@ __all__ = [
     "get_linear_schedule_with_warmup", "get_cosine_schedule_with_warmup",
     "get_cosine_with_hard_restarts_schedule_with_warmup",
     "get_polynomial_decay_schedule_with_warmup", "get_schedule", "SCHEDULES", "clip_grad_norm_",
+    "LossScaler",
 ]  # fmt: skip

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import to_device, to_numpy, xp_of
+from ..ops import cuda_kernels as K
 from ..tensor import Tensor
 
 __all__ = ["Optimizer", "SGD", "AdamW", "flatten_state_dict", "unflatten_state_dict"]
@@ -266,6 +267,9 @@ class AdamW(Optimizer):
         state["step"] += 1
         t = state["step"]
         m, v = state["exp_avg"], state["exp_avg_sq"]
+        if K.enabled(xp) and p.data.dtype == grad.dtype == m.dtype == "float32":
+            K.adamw_update_(p.data, grad, m, v, lr, (beta1, beta2), eps, wd, t)  # one pass
+            return
 
         if wd != 0:
             p.data *= 1 - lr * wd

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import DeviceError, to_numpy, xp_of
+from ..ops import cuda_kernels as K
 from .codebooks import QUANT_TYPES, code_4bit, dynamic_map
 from .state import NestedState, QuantState
 
@@ -397,8 +398,12 @@ def dequantize_4bit(packed: Any, state: QuantState) -> Any:
     packed = xp.asarray(packed)
     _check_state(packed, state)
     n = math.prod(state.shape)
-    codes = unpack_4bit(packed, n)
     bs, n_blocks = state.blocksize, state.n_blocks
+    if K.enabled(xp) and str(state.dtype) in ("float32", "float16"):  # one pass on the GPU
+        absmax = dequantize_absmax(state)
+        flat = K.nf4_dequantize(packed.reshape(-1), absmax, state.code, bs, n, str(state.dtype))
+        return flat.reshape(state.shape)
+    codes = unpack_4bit(packed, n)
     if n % bs:  # pad to whole blocks so the scale broadcasts per row
         codes = xp.concatenate([codes, xp.zeros(n_blocks * bs - n, dtype=xp.uint8)])
     absmax = dequantize_absmax(state).astype(xp.float32, copy=False)
