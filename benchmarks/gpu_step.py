@@ -80,6 +80,9 @@ from typing import Any
 
 import numpy as np
 
+# the CPU benchmark's interleaved median timer (this folder is on sys.path when run as a script)
+from train_step import measure  # noqa: E402
+
 import minipeft as mp
 from minipeft.models import GPT2Config, GPT2LMHeadModel
 from minipeft.optim import AdamW
@@ -213,20 +216,6 @@ def torch_peak(torch: Any, step: Step, device: str) -> float | None:
     step()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() / GIB
-
-
-def measure(fns: list[Step], repeats: int, warmup: int = 2) -> list[float]:
-    """Median seconds of each function, running them alternately (each ends synchronized)."""
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
 
 
 # ---------------------------------------------------------------------------- minipeft side

@@ -163,13 +163,7 @@ class CrossEntropy(Function):
         count = w.sum()
         ctx.meta = (reduction, smoothing, count)
         ctx.save_for_backward(z, s, safe, w)
-        if reduction == "none":
-            return loss
-        total = loss.sum()
-        if reduction == "sum":
-            return total
-        # 0/0 → NaN like PyTorch, without a host sync or a NumPy warning
-        return xp.where(count > 0, total / xp.maximum(count, 1), xp.nan).astype(x.dtype)
+        return _reduce(loss, count, reduction)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
@@ -196,18 +190,24 @@ def _cross_entropy_kernel(ctx: Context, x: Any, target: Any, ignore_index: int, 
                           smoothing: float) -> Any:  # fmt: skip
     """CrossEntropy's forward on the GPU: one kernel gives per-row losses and lse (N,); the
     backward reads the logits (held by the graph anyway), so no (N, V) array is kept."""
-    xp = xp_of(x)
     loss, lse = K.cross_entropy_forward(x, target, ignore_index, smoothing)
     w = (target != ignore_index).astype(x.dtype)
     count = w.sum()
     ctx.meta = (reduction, smoothing, count, "kernel")
     ctx.save_for_backward(x, target, lse, w)
+    return _reduce(loss, count, reduction)
+
+
+def _reduce(loss: Any, count: Any, reduction: str) -> Any:
+    """Per-row losses (N,) reduced: "none", "sum", or "mean" over the ``count`` valid rows."""
     if reduction == "none":
         return loss
     total = loss.sum()
     if reduction == "sum":
         return total
-    return xp.where(count > 0, total / xp.maximum(count, 1), xp.nan).astype(x.dtype)
+    xp = xp_of(loss)
+    # 0/0 → NaN like PyTorch, without a host sync or a NumPy warning
+    return xp.where(count > 0, total / xp.maximum(count, 1), xp.nan).astype(loss.dtype)
 
 
 class LayerNorm(Function):
