@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .autograd import no_grad
-from .backend import get_rng, manual_seed, to_device, to_numpy
+from .backend import check_device, get_rng, manual_seed, to_device, to_numpy
 from .evaluation import Batch, count_tokens, evaluate, to_device_batch
 from .fileio import atomic_write_text, load_safetensors, save_safetensors
 from .interrupt import TrainingInterrupted, stop_on_sigint
@@ -129,7 +129,7 @@ class Trainer:
             config.schedule, self.optimizer, config.warmup_steps, config.max_steps
         )
         # fp16/bf16: frozen weights cast once, trainable ones swapped for compute copies per step
-        self.amp = MixedPrecision(model, self.params, config.precision, config.device[:4])
+        self.amp = MixedPrecision(model, self.params, config.precision, check_device(config.device))
         self.step = 0
         self.tokens = 0
         self.history: list[dict[str, Any]] = []
