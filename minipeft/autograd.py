@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 _state = threading.local()
+_profiler: Any = None  # the active minipeft.profiler.OpProfile, or None (set by profile())
 
 
 def is_grad_enabled() -> bool:
@@ -156,7 +158,11 @@ class Function:
         record = is_grad_enabled()
         needs = tuple(record and t.requires_grad for t in inputs)
         ctx = Context(needs)
-        out = cls.forward(ctx, *arrays, **params)
+        prof = _profiler
+        if prof is None:
+            out = cls.forward(ctx, *arrays, **params)
+        else:
+            out = prof.time(cls.__name__, "forward", cls.forward, ctx, *arrays, **params)
         if out.ndim == 0:  # NumPy reductions return scalars (np.float32); keep a 0-d array
             out = xp_of(out).asarray(out)
         # only float outputs carry gradients (x.long() of a trainable x is a constant)
@@ -175,6 +181,9 @@ def backward(root: Tensor, grad: Any, retain_graph: bool = False) -> None:
        one gradient per input; frozen inputs are skipped.
     3. Free each node's saved arrays unless ``retain_graph`` (a second backward then raises).
     """
+    prof = _profiler
+    if prof is not None:
+        start, ops_before = time.perf_counter(), _backward_seconds(prof)
     order: list[Tensor] = []
     seen: set[int] = set()
     stack: list[tuple[Tensor, bool]] = [(root, False)]
@@ -208,7 +217,10 @@ def backward(root: Tensor, grad: Any, retain_graph: bool = False) -> None:
                 f"trying to backward through {node} a second time: its saved arrays were freed "
                 "by the first backward; pass retain_graph=True to the first call if you need this"
             )
-        in_grads = node.fn.backward(ctx, g)
+        if prof is None:
+            in_grads = node.fn.backward(ctx, g)
+        else:
+            in_grads = prof.time(node.fn.__name__, "backward", node.fn.backward, ctx, g)
         if not isinstance(in_grads, tuple):
             in_grads = (in_grads,)
         if len(in_grads) != len(node.inputs):
@@ -226,6 +238,14 @@ def backward(root: Tensor, grad: Any, retain_graph: bool = False) -> None:
             grads[key] = pg if prev is None else prev + pg
         if not retain_graph:
             node.ctx = None
+    if prof is not None:  # the walk's own bookkeeping: its time outside the ops' backwards
+        ops = _backward_seconds(prof) - ops_before
+        prof.add("autograd", "backward", time.perf_counter() - start - ops)
+
+
+def _backward_seconds(prof: Any) -> float:
+    return sum(s for (name, phase), (_, s) in prof.rows.items()
+               if phase == "backward" and name != "autograd")  # fmt: skip
 
 
 def _accumulate(t: Tensor, g: Any) -> None:
