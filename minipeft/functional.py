@@ -17,6 +17,7 @@ gelu ("none" | "tanh"), silu, relu,    gelu "tanh" is GPT-2's ``gelu_new``
 sigmoid, tanh
 silu_mul, rotary_embedding             LLaMA's SwiGLU product and RoPE, one Function each
 linear, embedding                      W (out, in) as PyTorch stores it; ids checked in [0, V)
+lora_linear                            x Wᵀ + b + s (x Aᵀ) Bᵀ, LoRA's layer in one Function
 dropout                                inverted dropout, seeded per device or by ``generator``
 scaled_dot_product_attention           causal mask aligned to the *last* keys (see there)
 add, sub, mul, truediv/div, neg, pow,  the Tensor operators and methods as functions,
@@ -81,6 +82,7 @@ from .ops.api import (
     var,
     where,
 )
+from .ops.lora_linear import LoraLinear
 from .ops.matmul import Linear
 from .ops.movement import Embedding
 from .ops.reduce import normalize_axes
@@ -89,7 +91,7 @@ from .tensor import Tensor
 __all__ = [
     # activations, norms, losses and attention: defined below (fused ops)
     "softmax", "log_softmax", "logsumexp", "cross_entropy", "layer_norm", "rms_norm", "gelu",
-    "silu", "relu", "sigmoid", "tanh", "linear", "embedding", "dropout",
+    "silu", "relu", "sigmoid", "tanh", "linear", "lora_linear", "embedding", "dropout",
     "scaled_dot_product_attention", "silu_mul", "rotary_embedding",
     # the Tensor operators and methods as functions (one definition, in ops/api.py)
     "add", "sub", "mul", "truediv", "div", "neg", "pow", "exp", "log", "sqrt", "abs", "maximum",
@@ -289,6 +291,28 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"linear: expected bias of shape ({weight.shape[0]},), found {bias.shape}")
     return Linear.apply(x, weight) if bias is None else Linear.apply(x, weight, bias)
+
+
+def lora_linear(input: Tensor, weight: Tensor, lora_a: Tensor, lora_b: Tensor, scale: float,
+                bias: Tensor | None = None) -> Tensor:  # fmt: skip
+    """y = x Wᵀ + b + s · (x Aᵀ) Bᵀ in one Function (:mod:`minipeft.ops.lora_linear`).
+
+    x (..., in), weight (out, in), lora_a (r, in), lora_b (out, r), bias (out,) → (..., out)."""
+    x = float_tensor(input, "lora_linear")
+    same_dtype("lora_linear", x, weight=weight, lora_a=lora_a, lora_b=lora_b, bias=bias)
+    out, d_in = weight.shape if weight.ndim == 2 else (None, None)
+    r = lora_a.shape[0] if lora_a.ndim == 2 else None
+    bad = bias is not None and bias.shape != (out,)
+    if x.ndim == 0 or d_in != x.shape[-1] or lora_a.shape != (r, d_in) or lora_b.shape != (out, r):
+        bad = True
+    if bad:
+        raise ValueError(
+            f"lora_linear: expected x (..., in), weight (out, in), lora_a (r, in), lora_b "
+            f"(out, r), bias (out,); found x {x.shape}, weight {weight.shape}, lora_a "
+            f"{lora_a.shape}, lora_b {lora_b.shape}, bias {None if bias is None else bias.shape}"
+        )
+    inputs = (x, weight, lora_a, lora_b) + (() if bias is None else (bias,))
+    return LoraLinear.apply(*inputs, scale=float(scale))
 
 
 def embedding(input: Any, weight: Tensor) -> Tensor:

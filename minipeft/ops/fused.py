@@ -29,6 +29,7 @@ from typing import Any
 
 from ..autograd import Context, Function
 from ..backend import erf, xp_of
+from . import cpu_kernels as C
 from . import cuda_kernels as K
 from .reduce import stable_max
 
@@ -143,7 +144,7 @@ class CrossEntropy(Function):
     ) -> Any:
         xp = xp_of(x)
         (x,) = _float32_if_half(x)
-        if K.enabled(xp):
+        if K.enabled(xp) or C.enabled(xp):
             return _cross_entropy_kernel(ctx, x, target, ignore_index, reduction, smoothing)
         n, v = x.shape
         valid = target != ignore_index
@@ -172,7 +173,8 @@ class CrossEntropy(Function):
             c = g * w  # (N,) per-row weight, as below
             if ctx.meta[0] == "mean":
                 c /= xp_of(w).maximum(ctx.meta[2], 1)
-            return K.cross_entropy_backward(x, target, lse, c, ctx.meta[1])
+            kernels = C if xp_of(x) is C.np else K
+            return kernels.cross_entropy_backward(x, target, lse, c, ctx.meta[1])
         e, s, safe, w = ctx.saved_tensors
         reduction, smoothing, count = ctx.meta[:3]
         xp = xp_of(e)
@@ -188,10 +190,15 @@ class CrossEntropy(Function):
 
 def _cross_entropy_kernel(ctx: Context, x: Any, target: Any, ignore_index: int, reduction: str,
                           smoothing: float) -> Any:  # fmt: skip
-    """CrossEntropy's forward on the GPU: one kernel gives per-row losses and lse (N,); the
-    backward reads the logits (held by the graph anyway), so no (N, V) array is kept."""
-    loss, lse = K.cross_entropy_forward(x, target, ignore_index, smoothing)
+    """CrossEntropy's forward as a kernel (CUDA, or the CPU's blocked passes): per-row losses
+    and lse (N,); the backward reads the logits (held by the graph anyway), so no (N, V) array
+    is kept."""
     w = (target != ignore_index).astype(x.dtype)
+    if xp_of(x) is C.np:  # the CPU kernels take the targets with ignored rows at class 0
+        target = C.np.where(w > 0, target, 0)
+        loss, lse = C.cross_entropy_forward(x, target, w, smoothing)
+    else:
+        loss, lse = K.cross_entropy_forward(x, target, ignore_index, smoothing)
     count = w.sum()
     ctx.meta = (reduction, smoothing, count, "kernel")
     ctx.save_for_backward(x, target, lse, w)
@@ -226,9 +233,9 @@ class LayerNorm(Function):
         x, *wb = _float32_if_half(x, *wb)
         w = wb[0] if has_weight else None
         b = wb[-1] if len(wb) > int(has_weight) else None
-        ctx.kernel = K.enabled(xp)
+        ctx.kernel = K.enabled(xp) or C.enabled(xp)
         if ctx.kernel:  # saves mean and 1/σ per row, not x̂ (the backward recomputes it)
-            y, mu, rstd = K.layer_norm_forward(x, w, b, eps)
+            y, mu, rstd = (C if xp is C.np else K).layer_norm_forward(x, w, b, eps)
             ctx.save_for_backward(x, mu, rstd, w)
             return y.astype(dtype, copy=False)
         xhat = x - x.mean(axis=-1, keepdims=True)
@@ -275,9 +282,13 @@ def _layer_norm_kernel_backward(ctx: Context, g: Any) -> tuple[Any, ...]:
     (a frozen norm, as in PEFT, needs neither)."""
     x, mu, rstd, w = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    grads: list[Any] = [K.layer_norm_backward(x, g, w, mu, rstd) if needs[0] else None]
-    if w is not None:
-        grads.append(((x - mu[:, None]) * rstd[:, None] * g).sum(axis=0) if needs[1] else None)
+    if xp_of(x) is C.np:  # the CPU kernel sums dw in its pass over the rows
+        dx, dw = C.layer_norm_backward(x, g, w, mu, rstd, needs[0], w is not None and needs[1])
+        grads: list[Any] = [dx] + ([dw] if w is not None else [])
+    else:
+        grads = [K.layer_norm_backward(x, g, w, mu, rstd) if needs[0] else None]
+        if w is not None:
+            grads.append(((x - mu[:, None]) * rstd[:, None] * g).sum(axis=0) if needs[1] else None)
     if len(needs) > len(grads):
         grads.append(g.sum(axis=0) if needs[-1] else None)
     return tuple(grads)
@@ -294,9 +305,9 @@ class RMSNorm(Function):
         xp = xp_of(x)
         dtype = x.dtype
         x, *w = _float32_if_half(x, *w)
-        ctx.kernel = K.enabled(xp)
+        ctx.kernel = K.enabled(xp) or C.enabled(xp)
         if ctx.kernel:  # saves 1/rms per row, not x̂
-            y, rrms = K.rms_norm_forward(x, w[0] if w else None, eps)
+            y, rrms = (C if xp is C.np else K).rms_norm_forward(x, w[0] if w else None, eps)
             ctx.save_for_backward(x, rrms, w[0] if w else None)
             return y.astype(dtype, copy=False)
         rrms = 1.0 / xp.sqrt(xp.square(x).mean(axis=-1, keepdims=True) + eps)  # (M, 1)
@@ -312,6 +323,9 @@ class RMSNorm(Function):
         needs = ctx.needs_input_grad
         if ctx.kernel:
             x, rrms, w = ctx.saved_tensors
+            if xp_of(x) is C.np:
+                dx, dw = C.rms_norm_backward(x, g, w, rrms, needs[0], w is not None and needs[1])
+                return dx if w is None else (dx, dw)
             dx = K.rms_norm_backward(x, g, w, rrms) if needs[0] else None
             if w is None:
                 return dx
@@ -340,10 +354,10 @@ class Gelu(Function):
     @staticmethod
     def forward(ctx: Context, x: Any, approximate: str) -> Any:
         xp = xp_of(x)
-        if approximate == "tanh" and K.enabled(xp):  # one kernel; the backward recomputes t
-            ctx.approximate = "kernel"
+        if approximate == "tanh" and (K.enabled(xp) or C.enabled(xp)):
+            ctx.approximate = "kernel"  # one kernel (CPU: blocked passes); backward recomputes
             ctx.save_for_backward(x)
-            return K.gelu_tanh(x)
+            return (C if xp is C.np else K).gelu_tanh(x).reshape(x.shape)
         if approximate == "tanh":
             t = x * x
             t *= _GELU_C
@@ -365,7 +379,8 @@ class Gelu(Function):
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
         if ctx.approximate == "kernel":
-            return K.gelu_tanh_backward(ctx.saved_tensors[0], g)
+            x = ctx.saved_tensors[0]
+            return (C if xp_of(x) is C.np else K).gelu_tanh_backward(x, g)
         x, cdf, t = ctx.saved_tensors
         xp = xp_of(x)
         if ctx.approximate == "tanh":

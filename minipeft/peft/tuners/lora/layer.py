@@ -21,8 +21,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .... import functional as F
 from ....nn import Dropout, Identity, Linear, Module, ModuleDict
 from ....nn import init as nn_init
+from ....ops.lora_linear import fused_enabled
+from ....tensor import Tensor
+from ...mixed_batch import current_adapter_names
 from ..base import AdditiveTunerLayer, weight_layout
 from . import dora
 from .init import init_from_base_weight, is_base_weight_init
@@ -153,6 +157,34 @@ class LoraLayer(AdditiveTunerLayer):
         return weight - self.get_delta_weight(adapter_name)
 
     # ------------------------------------------------------------------ forward
+    def forward(self, x: Any) -> Any:
+        fused = self._fused_forward(x)
+        return super().forward(x) if fused is None else fused
+
+    def _fused_forward(self, x: Any) -> Any:
+        """y = x Wᵀ + b + s·(x Aᵀ) Bᵀ as one Function (:func:`minipeft.functional.lora_linear`),
+        or None where the general path must run: adapters disabled or merged, a mixed batch,
+        other than exactly one active adapter, DoRA, dropout in effect, a base layer other than
+        a plain Linear (4-bit, a subclass), or mixed dtypes (a float16 base, float32 adapters).
+        Where it runs, it computes what the general path does, to float rounding (tested)."""
+        if not fused_enabled() or self.disable_adapters or self.merged:
+            return None
+        if current_adapter_names() is not None:
+            return None
+        names = [n for n in self.active_adapters if self.holds(n)]
+        base = self.base_layer
+        if len(names) != 1 or type(base) is not Linear or self.uses_dora(names[0]):
+            return None
+        if type(self).add_adapter_output is not LoraLayer.add_adapter_output:
+            return None  # a subclass changes the update: its own path
+        drop = self.lora_dropout[names[0]]
+        if isinstance(drop, Dropout) and drop.training and drop.p > 0:
+            return None
+        a, b = self.lora_factors(names[0])
+        if not isinstance(x, Tensor) or not x.dtype == base.weight.dtype == a.dtype == b.dtype:
+            return None
+        return F.lora_linear(x, base.weight, a, b, self.scaling[names[0]], base.bias)
+
     def add_adapter_output(self, name: str, x: Any, result: Any) -> Any:
         """``result + s · B A dropout(x)`` for adapter ``name``; ``result`` is the base layer's
         output for the same rows of x, so a mixed batch calls this on each adapter's rows.
