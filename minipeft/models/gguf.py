@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..nn.init import skip_init
 from .config import config_from_dict
 from .gguf_layout import CONFIG_KEYS, SUPPORTED_ARCHITECTURES, gguf_to_hf_name, unpermute_qk
 from .llama_config import LlamaConfig
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 GGUF_MAGIC = b"GGUF"
+_SLAB_VALUES = 1 << 20  # values dequantized at once (4 MiB of float32)
 _HEADER = "GGUF."  # the reader's pseudo-fields for the file header (version, counts)
 
 
@@ -169,18 +171,31 @@ class GGUFCheckpoint:
 
     def dequantized(self, unpermute: bool = True) -> Iterator[tuple[str, np.ndarray]]:
         """``(hf_name, float32 array of the HF shape)``, one tensor at a time."""
-        gguf = _gguf()
         for t in self.tensors(unpermute=unpermute):
-            qtype = gguf.GGMLQuantizationType[t.type_name]
+            out = np.empty(t.shape, np.float32)
+            self.dequantize_into(t, out)
+            yield t.name, out
+
+    def dequantize_into(self, t: GGUFTensor, out: np.ndarray) -> None:
+        """Dequantize tensor ``t`` into the float array ``out`` (its HF shape), a slab of rows at
+        a time, so the dequantizer's temporaries stay a few MiB even for a 49152-row embedding
+        (whole, they were several times the tensor: the load's peak memory)."""
+        gguf = _gguf()
+        qtype = gguf.GGMLQuantizationType[t.type_name]
+        rows = out.shape[0] if out.ndim > 1 else 1
+        data = t.data.reshape(rows, -1)  # one stored row (its blocks' bytes) per output row
+        flat = out.reshape(rows, -1)
+        step = max(1, _SLAB_VALUES // max(flat.shape[1], 1))
+        for r in range(0, rows, step):
             try:
-                w = gguf.quants.dequantize(t.data, qtype)
+                w = gguf.quants.dequantize(data[r : r + step], qtype)
             except NotImplementedError:
                 raise ValueError(
                     f"{self.path}: tensor {t.name!r} has type {t.type_name}, which the gguf "
                     "package cannot dequantize (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, "
                     "Q5_1, Q8_0, the K-quants, the IQ types)"
                 ) from None
-            yield t.name, np.asarray(w, dtype=np.float32).reshape(t.shape)
+            flat[r : r + step] = w.reshape(-1, flat.shape[1])
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """All tensors as float32 in HF's names and layout (a full float copy: for tests and
@@ -259,20 +274,26 @@ def load_gguf_model(
         config = config_from_dict({**config.to_dict(), **config_overrides}, source=ckpt.path)
     if not isinstance(config, cls.config_class):
         raise ValueError(f"{ckpt.path}: {cls.__name__} cannot load a GGUF llama checkpoint")
-    model = cls(config, init_weights=False)
+    with skip_init():  # the checkpoint fills every weight next
+        model = cls(config, init_weights=False)
     own = model.state_dict()
     prefix = cls.base_model_prefix + "."
     loaded, unused = set(), []
-    for name, w in ckpt.dequantized():
-        key = name.removeprefix(prefix) if cls.task == "base" else name
+    for t in ckpt.tensors():  # each dequantized straight into its parameter, in slabs of rows
+        key = t.name.removeprefix(prefix) if cls.task == "base" else t.name
         if key not in own:
-            unused.append(name)
+            unused.append(t.name)
             continue
         target = own[key]
-        if tuple(target.shape) != w.shape:
-            raise ValueError(f"{ckpt.path}: tensor {name!r} has shape {w.shape}, the model "
+        if tuple(target.shape) != t.shape:
+            raise ValueError(f"{ckpt.path}: tensor {t.name!r} has shape {t.shape}, the model "
                              f"expects {tuple(target.shape)}")  # fmt: skip
-        target.data[...] = w
+        if target.data.dtype == np.float32 and target.data.flags.c_contiguous:
+            ckpt.dequantize_into(t, target.data)
+        else:
+            buf = np.empty(t.shape, np.float32)
+            ckpt.dequantize_into(t, buf)
+            target.data[...] = buf
         loaded.add(key)
     model.tie_weights()
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()

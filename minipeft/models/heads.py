@@ -25,6 +25,7 @@ from ..backend import get_rng, xp_of
 from ..creation import arange, full
 from ..fileio import atomic_folder
 from ..nn import init
+from ..nn.init import skip_init
 from ..ops.api import cat
 from ..tensor import Tensor, float32, int64
 from .checkpoint import (
@@ -289,7 +290,8 @@ class PreTrainedModel(nn.Module):
                 f"{folder}: {cls.__name__} expects model_type {cls.config_class.model_type!r}, "
                 f"found {config.model_type!r}"
             )
-        model = cls(config, init_weights=False)
+        with skip_init():  # the checkpoint fills every weight next
+            model = cls(config, init_weights=False)
         tied = bool(getattr(config, "tie_word_embeddings", False))
         raw = load_state_dict_from_folder(folder)
         sd = hf_to_minipeft_state_dict(

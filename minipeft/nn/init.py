@@ -15,7 +15,9 @@ With a = √5 (what ``nn.Linear`` uses) this is U(−1/√fan_in, 1/√fan_in).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 from ..autograd import no_grad
@@ -25,14 +27,36 @@ from ..tensor import Tensor
 __all__ = [
     "calculate_gain", "calculate_fan_in_and_fan_out", "uniform_", "normal_", "constant_",
     "zeros_", "ones_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
-    "xavier_normal_",
+    "xavier_normal_", "skip_init",
 ]  # fmt: skip
+
+_SKIP = [False]
+
+
+@contextlib.contextmanager
+def skip_init() -> Iterator[None]:
+    """Inside the block, every initialiser leaves its tensor as it is (no random draws).
+
+    For building a model whose weights a checkpoint overwrites next (transformers'
+    ``no_init_weights``): parameters stay the zeros they were created as, which NumPy takes
+    from ``calloc`` — pages not touched until the checkpoint writes them — so loading never
+    holds a random copy of a weight, nor the float64 draws behind it, nor an untied lm_head's
+    own matrix. Measured on SmolLM2-135M: the load's peak fell from 1.26 GB to the weights
+    themselves (benchmarks/README.md). The global random stream is not advanced either.
+    """
+    before, _SKIP[0] = _SKIP[0], True
+    try:
+        yield
+    finally:
+        _SKIP[0] = before
 
 
 def _fill(tensor: Tensor, values: Any) -> Tensor:
     """Write ``values`` into ``tensor``'s array (same object, so views and optimizers see it)."""
     if tensor.dtype.kind != "f":
         raise TypeError(f"initialisers fill float tensors, found dtype {tensor.dtype}")
+    if _SKIP[0]:
+        return tensor
     with no_grad():
         tensor.data[...] = values
     return tensor
@@ -70,12 +94,16 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
 
 def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0, generator: Any = None) -> Tensor:
     """Fill with U(a, b)."""
+    if _SKIP[0]:
+        return tensor
     u = _rng(tensor, generator).random(tensor.shape)  # float64 in [0, 1)
     return _fill(tensor, a + (b - a) * u)
 
 
 def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, generator: Any = None) -> Tensor:
     """Fill with N(mean, std²)."""
+    if _SKIP[0]:
+        return tensor
     z = _rng(tensor, generator).standard_normal(tensor.shape)
     return _fill(tensor, mean + std * z)
 

@@ -49,6 +49,7 @@ from ..models.checkpoint import (
 from ..models.config import load_config
 from ..models.hub import AutoModelForCausalLM
 from ..nn import Linear, Module
+from ..nn.init import skip_init
 from .linear4bit import Linear4bit, check_quant_state
 from .model import bnb_quantization_config
 from .state import NestedState, QuantState
@@ -304,7 +305,8 @@ def load_quantized(
             "from_pretrained()"
         )
     cls = model_class or AutoModelForCausalLM._class_for(config.model_type, folder)
-    model = cls(config, init_weights=False)
+    with skip_init():  # the checkpoint fills every weight next
+        model = cls(config, init_weights=False)
     raw = dict(load_state_dict_from_folder(folder))
     quant: dict[str, Any] = {}
     for key in [k for k in raw if _QS_KEY.match(k)]:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..nn import Linear, Module
+from ..nn.init import skip_init
 from .gguf_blocks import TYPE_SIZES, check_type
 from .linear_gguf import LinearGGUF
 from .model import should_convert_module
@@ -108,13 +109,15 @@ def load_gguf_quantized(path: str | os.PathLike, device: str = "cpu", cls: Any =
     n_layers = config.num_hidden_layers
     tensors = {t.name: t for t in ckpt.tensors()}  # raw views (q/k rows copied, in HF order)
     config.num_hidden_layers = 0  # the trunk without its layers, then one layer at a time
-    model = cls(config, init_weights=False)
+    with skip_init():  # the checkpoint fills every weight next
+        model = cls(config, init_weights=False)
     config.num_hidden_layers = n_layers  # the same object every module holds
     trunk = model.get_submodule(cls.base_model_prefix) if cls.task != "base" else model
     prefix = "" if cls.task == "base" else f"{cls.base_model_prefix}."
     loaded = _pack_linears(model, "", tensors)
     for i in range(n_layers):
-        layer = LlamaDecoderLayer(config)
+        with skip_init():
+            layer = LlamaDecoderLayer(config)
         loaded |= _pack_linears(layer, f"{prefix}layers.{i}.", tensors)
         trunk.layers.append(layer)
     own = model.state_dict()
