@@ -294,16 +294,23 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 def lora_linear(input: Tensor, weight: Tensor, lora_a: Tensor, lora_b: Tensor, scale: float,
-                bias: Tensor | None = None) -> Tensor:  # fmt: skip
+                bias: Tensor | None = None, dequantize: Any = None,
+                state: Any = None) -> Tensor:  # fmt: skip
     """y = x Wᵀ + b + s · (x Aᵀ) Bᵀ in one Function (:mod:`minipeft.ops.lora_linear`).
 
-    x (..., in), weight (out, in), lora_a (r, in), lora_b (out, r), bias (out,) → (..., out)."""
+    x (..., in), weight (out, in), lora_a (r, in), lora_b (out, r), bias (out,) → (..., out).
+    With ``dequantize`` (and its ``state``), ``weight`` holds packed bytes and
+    W = dequantize(weight.data, state) has shape (out, in): QLoRA's layer."""
     x = float_tensor(input, "lora_linear")
-    same_dtype("lora_linear", x, weight=weight, lora_a=lora_a, lora_b=lora_b, bias=bias)
-    out, d_in = weight.shape if weight.ndim == 2 else (None, None)
-    r = lora_a.shape[0] if lora_a.ndim == 2 else None
+    same_dtype("lora_linear", x, lora_a=lora_a, lora_b=lora_b, bias=bias)
+    if dequantize is None:
+        same_dtype("lora_linear", x, weight=weight)
+    r, d_in = lora_a.shape if lora_a.ndim == 2 else (None, None)
+    out = lora_b.shape[0] if lora_b.ndim == 2 else None
     bad = bias is not None and bias.shape != (out,)
-    if x.ndim == 0 or d_in != x.shape[-1] or lora_a.shape != (r, d_in) or lora_b.shape != (out, r):
+    if x.ndim == 0 or d_in != x.shape[-1] or lora_b.shape != (out, r):
+        bad = True
+    if dequantize is None and weight.shape != (out, d_in):
         bad = True
     if bad:
         raise ValueError(
@@ -312,7 +319,7 @@ def lora_linear(input: Tensor, weight: Tensor, lora_a: Tensor, lora_b: Tensor, s
             f"{lora_a.shape}, lora_b {lora_b.shape}, bias {None if bias is None else bias.shape}"
         )
     inputs = (x, weight, lora_a, lora_b) + (() if bias is None else (bias,))
-    return LoraLinear.apply(*inputs, scale=float(scale))
+    return LoraLinear.apply(*inputs, scale=float(scale), dequantize=dequantize, state=state)
 
 
 def embedding(input: Any, weight: Tensor) -> Tensor:

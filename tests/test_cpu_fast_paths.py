@@ -191,3 +191,24 @@ def test_skip_init_leaves_weights_untouched_and_the_stream_unmoved():
     mp.manual_seed(0)
     np.testing.assert_array_equal(mp.randn(3).numpy(), after)
     assert nn.Linear(5, 7).weight.numpy().any()  # outside the block: initialised as before
+
+
+def test_qlora_layer_takes_the_fused_path_and_matches_the_composite():
+    """A LoRA layer on a 4-bit base (QLoRA) runs LoraLinear with the packed bytes, Ŵ formed in
+    forward and again in backward; the result is the composite's."""
+    from minipeft.quant import quantize_model  # noqa: PLC0415
+
+    base = quantize_model(nn.Sequential(nn.Linear(64, 128), nn.Linear(128, 64)), skip=())
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["0", "1"],
+                                            init_lora_weights=False))  # fmt: skip
+    x = mp.tensor(RNG.standard_normal((50, 64)).astype("float32"))
+    outs = []
+    for fused in (True, False):
+        with LL.use_fused(fused), profile() as prof:
+            y = model(x)
+            y.sum().backward()
+        ops = {name for name, _ in prof.rows}
+        assert ("LoraLinear" in ops) == fused and ("Linear4bit" in ops) != fused
+        outs.append([y.numpy()] + [p.grad.copy() for p in model.parameters() if p.requires_grad])
+        model.zero_grad()
+    _close(outs[0], outs[1], 1e-4)

@@ -16,6 +16,10 @@ Backward (frozen W and b; u = x Aᵀ (N, r), v = g B (N, r)):
     dx = g W' = g W + s·v A,   dA = s·vᵀ x,   dB = s·gᵀ u.
 The merged form recomputes W' instead of keeping it (a weight-sized array per layer would stay
 alive until backward); it saves x, W, A and B only, all held by the graph or the model anyway.
+A packed (4-bit or GGUF-block) base — QLoRA — passes its bytes as the weight with ``state`` and
+``dequantize``: Ŵ = dequantize(packed, state) is formed in forward and again in backward, as
+the packed linear op does, so only the packed bytes stay alive between the two.
+
 Both forms agree with the composite to float rounding (tests, float64). ``use_fused(False)``
 sends LoRA layers back to the composite (the reference; benchmarks measure both).
 """
@@ -61,16 +65,29 @@ def _merged_weight(w: Any, a: Any, b: Any, scale: float) -> Any:
     return wm
 
 
+def _float_weight(ctx: Context, w: Any) -> Any:
+    """W itself, or Ŵ = dequantize(packed, state) in the input's dtype for a packed base."""
+    if ctx.unpack is None:
+        return w
+    dequantize, state, dtype = ctx.unpack
+    return dequantize(w, state).astype(dtype, copy=False)
+
+
 class LoraLinear(Function):
     """y = x Wᵀ + b + s·(x Aᵀ) Bᵀ (see the module docstring).
 
     Inputs: x (..., d_in), weight (d_out, d_in), lora_a (r, d_in), lora_b (d_out, r), then bias
-    (d_out,) when the base layer has one. Parameter: ``scale`` (s). W and b may require grad
-    (then their gradients are computed as well: dW = gᵀ x, db = Σ g), though LoRA freezes them.
+    (d_out,) when the base layer has one. Parameters: ``scale`` (s); for a packed base,
+    ``dequantize`` and ``state`` (then ``weight`` is the packed bytes). A float W and b may
+    require grad (then dW = gᵀ x and db = Σ g are computed too), though LoRA freezes them.
     """
 
     @staticmethod
-    def forward(ctx: Context, x: Any, w: Any, a: Any, b: Any, *bias: Any, scale: float) -> Any:
+    def forward(ctx: Context, x: Any, w: Any, a: Any, b: Any, *bias: Any, scale: float,
+                dequantize: Any = None, state: Any = None) -> Any:  # fmt: skip
+        ctx.unpack = None if dequantize is None else (dequantize, state, x.dtype)
+        ctx.save_for_backward(x.reshape(-1, x.shape[-1]), w, a, b)  # packed bytes, not Ŵ
+        w = _float_weight(ctx, w)
         x2 = x.reshape(-1, x.shape[-1])  # (N, d_in)
         merged = use_merged(x2.shape[0], w.shape[1], w.shape[0])
         if merged:
@@ -83,12 +100,12 @@ class LoraLinear(Function):
         if bias:
             y += bias[0]
         ctx.scale, ctx.merged, ctx.x_shape = scale, merged, x.shape
-        ctx.save_for_backward(x2, w, a, b)
         return y.reshape(*x.shape[:-1], w.shape[0])
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, ...]:
         x2, w, a, b = ctx.saved_tensors
+        w = _float_weight(ctx, w)  # a packed base: dequantized again
         s = ctx.scale
         needs = ctx.needs_input_grad
         g2 = g.reshape(-1, g.shape[-1])  # (N, d_out)

@@ -165,7 +165,8 @@ class LoraLayer(AdditiveTunerLayer):
         """y = x Wᵀ + b + s·(x Aᵀ) Bᵀ as one Function (:func:`minipeft.functional.lora_linear`),
         or None where the general path must run: adapters disabled or merged, a mixed batch,
         other than exactly one active adapter, DoRA, dropout in effect, a base layer other than
-        a plain Linear (4-bit, a subclass), or mixed dtypes (a float16 base, float32 adapters).
+        a plain or packed Linear (Linear4bit, LinearGGUF: QLoRA), or mixed dtypes (a float16
+        base, float32 adapters).
         Where it runs, it computes what the general path does, to float rounding (tested)."""
         if not fused_enabled() or self.disable_adapters or self.merged:
             return None
@@ -173,17 +174,23 @@ class LoraLayer(AdditiveTunerLayer):
             return None
         names = [n for n in self.active_adapters if self.holds(n)]
         base = self.base_layer
-        if len(names) != 1 or type(base) is not Linear or self.uses_dora(names[0]):
+        if len(names) != 1 or self.uses_dora(names[0]):
             return None
+        if type(base) is not Linear and not callable(getattr(base, "packed", None)):
+            return None  # a plain Linear, or a packed one (QLoRA: Linear4bit, LinearGGUF)
         if type(self).add_adapter_output is not LoraLayer.add_adapter_output:
             return None  # a subclass changes the update: its own path
         drop = self.lora_dropout[names[0]]
         if isinstance(drop, Dropout) and drop.training and drop.p > 0:
             return None
         a, b = self.lora_factors(names[0])
-        if not isinstance(x, Tensor) or not x.dtype == base.weight.dtype == a.dtype == b.dtype:
+        packed = base.packed() if type(base) is not Linear else (None, None)
+        w_dtype = x.dtype if packed[1] is not None else base.weight.dtype
+        bias_dtype = x.dtype if base.bias is None else base.bias.dtype
+        if not isinstance(x, Tensor) or not x.dtype == w_dtype == bias_dtype == a.dtype == b.dtype:
             return None
-        return F.lora_linear(x, base.weight, a, b, self.scaling[names[0]], base.bias)
+        return F.lora_linear(x, base.weight, a, b, self.scaling[names[0]], base.bias,
+                             dequantize=packed[1], state=packed[0])  # fmt: skip
 
     def add_adapter_output(self, name: str, x: Any, result: Any) -> Any:
         """``result + s · B A dropout(x)`` for adapter ``name``; ``result`` is the base layer's
