@@ -144,7 +144,7 @@ class CrossEntropy(Function):
     ) -> Any:
         xp = xp_of(x)
         (x,) = _float32_if_half(x)
-        if K.enabled(xp) or C.enabled(xp):
+        if K.enabled(xp):
             return _cross_entropy_kernel(ctx, x, target, ignore_index, reduction, smoothing)
         n, v = x.shape
         valid = target != ignore_index
@@ -173,8 +173,7 @@ class CrossEntropy(Function):
             c = g * w  # (N,) per-row weight, as below
             if ctx.meta[0] == "mean":
                 c /= xp_of(w).maximum(ctx.meta[2], 1)
-            kernels = C if xp_of(x) is C.np else K
-            return kernels.cross_entropy_backward(x, target, lse, c, ctx.meta[1])
+            return K.cross_entropy_backward(x, target, lse, c, ctx.meta[1])
         e, s, safe, w = ctx.saved_tensors
         reduction, smoothing, count = ctx.meta[:3]
         xp = xp_of(e)
@@ -190,15 +189,10 @@ class CrossEntropy(Function):
 
 def _cross_entropy_kernel(ctx: Context, x: Any, target: Any, ignore_index: int, reduction: str,
                           smoothing: float) -> Any:  # fmt: skip
-    """CrossEntropy's forward as a kernel (CUDA, or the CPU's blocked passes): per-row losses
-    and lse (N,); the backward reads the logits (held by the graph anyway), so no (N, V) array
-    is kept."""
+    """CrossEntropy's forward on the GPU: one kernel gives per-row losses and lse (N,); the
+    backward reads the logits (held by the graph anyway), so no (N, V) array is kept."""
+    loss, lse = K.cross_entropy_forward(x, target, ignore_index, smoothing)
     w = (target != ignore_index).astype(x.dtype)
-    if xp_of(x) is C.np:  # the CPU kernels take the targets with ignored rows at class 0
-        target = C.np.where(w > 0, target, 0)
-        loss, lse = C.cross_entropy_forward(x, target, w, smoothing)
-    else:
-        loss, lse = K.cross_entropy_forward(x, target, ignore_index, smoothing)
     count = w.sum()
     ctx.meta = (reduction, smoothing, count, "kernel")
     ctx.save_for_backward(x, target, lse, w)
