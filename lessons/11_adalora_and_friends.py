@@ -334,10 +334,11 @@ print(f"{'adapter':<10} docstrings  manual")
 table = {name: losses(name) for name in ("docs", "manual", "both_cat", "both_svd2")}
 for name, (a, b) in table.items():
     print(f"{name:<10} {a:10.4f}  {b:6.4f}")
-# The half-and-half combination lands between the two specialists on both test sets.
+# The half-and-half combination is never worse than the weaker specialist on either test set
+# (it lands between the two, or, as it can on the manual set, a little below both).
 for i in (0, 1):
-    low, high = sorted((table["docs"][i], table["manual"][i]))
-    assert low <= table["both_cat"][i] <= high
+    high = max(table["docs"][i], table["manual"][i])
+    assert table["both_cat"][i] <= high
 
 # %% [markdown]
 # ## 6. Several adapters in one batch
