@@ -30,14 +30,13 @@ whole-array code, the readable reference the tests compare against.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from .blocked import row_slices
+from .switch import Switch
 
 __all__ = [
     "enabled", "use_kernels", "gelu_tanh", "gelu_tanh_backward", "layer_norm_forward",
@@ -46,22 +45,12 @@ __all__ = [
 
 _C = math.sqrt(2.0 / math.pi)
 _K = 0.044715
-_ON = [True]
+use_kernels = Switch()  # with use_kernels(False): NumPy arrays take the ops' array code
 
 
 def enabled(xp: Any) -> bool:
     """True when ``xp`` is NumPy and the CPU kernels are switched on."""
-    return xp is np and _ON[0]
-
-
-@contextlib.contextmanager
-def use_kernels(on: bool) -> Iterator[None]:
-    """Within the block, NumPy arrays take these kernels (True) or the ops' array code (False)."""
-    before, _ON[0] = _ON[0], bool(on)
-    try:
-        yield
-    finally:
-        _ON[0] = before
+    return xp is np and use_kernels.on
 
 
 def _sigma_2u(x: Any) -> tuple[Any, Any]:

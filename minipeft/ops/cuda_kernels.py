@@ -32,9 +32,7 @@ binaries. ``use_kernels(False)`` turns them off (the tests compare both paths on
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -48,6 +46,7 @@ from .cuda_row_kernels import (
     rms_norm_forward,
     softmax_rows,
 )
+from .switch import Switch
 
 __all__ = [
     "enabled",
@@ -68,22 +67,12 @@ __all__ = [
     "nf4_dequantize",
 ]
 
-_ON = [True]
+use_kernels = Switch()  # with use_kernels(False): CuPy arrays take the ops' array code
 
 
 def enabled(xp: Any) -> bool:
     """True when ``xp`` is CuPy and the kernels are switched on."""
-    return xp is not np and _ON[0]
-
-
-@contextlib.contextmanager
-def use_kernels(on: bool) -> Iterator[None]:
-    """Within the block, CuPy arrays take the fused kernels (True) or the array code (False)."""
-    before, _ON[0] = _ON[0], bool(on)
-    try:
-        yield
-    finally:
-        _ON[0] = before
+    return xp is not np and use_kernels.on
 
 
 # ---------------------------------------------------------------------------- elementwise

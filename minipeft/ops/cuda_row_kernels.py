@@ -243,13 +243,18 @@ def layer_norm_forward(x: Any, w: Any, b: Any, eps: float) -> tuple[Any, Any, An
     return y, mu, rstd
 
 
-def layer_norm_backward(x: Any, g: Any, w: Any, mu: Any, rstd: Any) -> Any:
-    """dx (M, K) of layer_norm (the weight and bias gradients are array sums, done by the op)."""
+def layer_norm_backward(x: Any, g: Any, w: Any, mu: Any, rstd: Any, need_dx: bool = True,
+                        need_dw: bool = False) -> tuple[Any, Any]:  # fmt: skip
+    """(dx (M, K) from the kernel or None, dw = Σ_rows g x̂ (K,) as an array sum or None)."""
     xp = _xp(x)
     x, g = _f32(xp, x), _f32(xp, g)
-    dx = xp.empty_like(x)
-    _launch(xp, "ln_backward", x.shape[0], x, g, _null(xp, w), mu, rstd, dx, np.int64(x.shape[1]))
-    return dx
+    dx = None
+    if need_dx:
+        dx = xp.empty_like(x)
+        _launch(xp, "ln_backward", x.shape[0], x, g, _null(xp, w), mu, rstd, dx,
+                np.int64(x.shape[1]))  # fmt: skip
+    dw = ((x - mu[:, None]) * rstd[:, None] * g).sum(axis=0) if need_dw else None
+    return dx, dw
 
 
 def rms_norm_forward(x: Any, w: Any, eps: float) -> tuple[Any, Any]:
@@ -262,12 +267,18 @@ def rms_norm_forward(x: Any, w: Any, eps: float) -> tuple[Any, Any]:
     return y, rrms
 
 
-def rms_norm_backward(x: Any, g: Any, w: Any, rrms: Any) -> Any:
+def rms_norm_backward(x: Any, g: Any, w: Any, rrms: Any, need_dx: bool = True,
+                      need_dw: bool = False) -> tuple[Any, Any]:  # fmt: skip
+    """(dx (M, K) from the kernel or None, dw = Σ_rows g x̂ (K,) as an array sum or None)."""
     xp = _xp(x)
     x, g = _f32(xp, x), _f32(xp, g)
-    dx = xp.empty_like(x)
-    _launch(xp, "rms_backward", x.shape[0], x, g, _null(xp, w), rrms, dx, np.int64(x.shape[1]))
-    return dx
+    dx = None
+    if need_dx:
+        dx = xp.empty_like(x)
+        _launch(xp, "rms_backward", x.shape[0], x, g, _null(xp, w), rrms, dx,
+                np.int64(x.shape[1]))  # fmt: skip
+    dw = ((x * rrms[:, None]) * g).sum(axis=0) if need_dw else None
+    return dx, dw
 
 
 def _xp(a: Any) -> Any:

@@ -12,6 +12,7 @@ Notation (rows are the reduced axis; ⊙ is elementwise, Σ_j sums a row):
     cross-entropy  ℓ = lse(x) - (1-ε) x_t - (ε/V) Σ_j x_j dx = c · (p - (1-ε) onehot(t) - ε/V)
     layer_norm     x̂ = (x - μ)/σ, y = x̂ w + b              dx = (ĝ - mean ĝ - x̂ mean(ĝ x̂)) / σ
     rms_norm       x̂ = x / rms(x), y = x̂ w                 dx = (ĝ - x̂ mean(ĝ x̂)) / rms(x)
+                   (both in :mod:`minipeft.ops.fused_norms`, re-exported here)
     attention      S = q kᵀ s, P = softmax(S), O = P v     see :mod:`minipeft.ops.fused_attention`
 
 with m the row max (subtracted so e^(·) never overflows), ĝ = g ⊙ w and c a per-row weight.
@@ -29,8 +30,9 @@ from typing import Any
 
 from ..autograd import Context, Function
 from ..backend import erf, xp_of
-from . import cpu_kernels as C
 from . import cuda_kernels as K
+from .dispatch import float32_if_half, kernels_for
+from .fused_norms import LayerNorm, RMSNorm
 from .reduce import stable_max
 
 __all__ = [
@@ -48,11 +50,6 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)  # a Python float: never promotes flo
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _GELU_C = 0.044715
-
-
-def _float32_if_half(*arrays: Any) -> list[Any]:
-    """float16 arrays as float32 (for sums and statistics); other arrays and None unchanged."""
-    return [a.astype("float32") if a is not None and a.dtype == "float16" else a for a in arrays]
 
 
 class Softmax(Function):
@@ -143,7 +140,7 @@ class CrossEntropy(Function):
         ctx: Context, x: Any, target: Any, ignore_index: int, reduction: str, smoothing: float
     ) -> Any:
         xp = xp_of(x)
-        (x,) = _float32_if_half(x)
+        (x,) = float32_if_half(x)
         if K.enabled(xp):
             return _cross_entropy_kernel(ctx, x, target, ignore_index, reduction, smoothing)
         n, v = x.shape
@@ -211,133 +208,6 @@ def _reduce(loss: Any, count: Any, reduction: str) -> Any:
     return xp.where(count > 0, total / xp.maximum(count, 1), xp.nan).astype(loss.dtype)
 
 
-class LayerNorm(Function):
-    """y = x̂ · w + b with x̂ = (x - μ) / √(σ² + eps) over the last axis of x (M, K).
-
-    Backward, with ĝ = g ⊙ w and means over the K axis:
-    dx = (ĝ - mean(ĝ) - x̂ · mean(ĝ ⊙ x̂)) / √(σ² + eps),  dw = Σ_rows g ⊙ x̂,  db = Σ_rows g.
-    mean(ĝ) = (g @ w) / K and mean(ĝ ⊙ x̂) = ((g ⊙ x̂) @ w) / K are matrix-vector products.
-    Inputs: x (M, K), then weight (K,) and bias (K,) when ``has_weight`` / ``has_bias``.
-    """
-
-    @staticmethod
-    def forward(ctx: Context, x: Any, *wb: Any, eps: float, has_weight: bool) -> Any:
-        xp = xp_of(x)
-        dtype = x.dtype
-        x, *wb = _float32_if_half(x, *wb)
-        w = wb[0] if has_weight else None
-        b = wb[-1] if len(wb) > int(has_weight) else None
-        ctx.kernel = K.enabled(xp) or C.enabled(xp)
-        if ctx.kernel:  # saves mean and 1/σ per row, not x̂ (the backward recomputes it)
-            y, mu, rstd = (C if xp is C.np else K).layer_norm_forward(x, w, b, eps)
-            ctx.save_for_backward(x, mu, rstd, w)
-            return y.astype(dtype, copy=False)
-        xhat = x - x.mean(axis=-1, keepdims=True)
-        var = xp.square(xhat).mean(axis=-1, keepdims=True)
-        rstd = 1.0 / xp.sqrt(var + eps)  # (M, 1)
-        xhat *= rstd
-        y = xhat * w if w is not None else xhat.copy()
-        if b is not None:
-            y += b
-        ctx.save_for_backward(xhat, rstd, w)
-        return y.astype(dtype, copy=False)
-
-    @staticmethod
-    def backward(ctx: Context, g: Any) -> tuple[Any, ...]:
-        (g,) = _float32_if_half(g)
-        if ctx.kernel:
-            return _layer_norm_kernel_backward(ctx, g)
-        xhat, rstd, w = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        k = xhat.shape[-1]
-        gx = g * xhat if (needs[0] or (w is not None and needs[1])) else None
-        grads: list[Any] = [None]
-        if w is not None:
-            grads.append(gx.sum(axis=0) if needs[1] else None)
-        if len(needs) > len(grads):
-            grads.append(g.sum(axis=0) if needs[-1] else None)
-        if needs[0]:
-            if w is None:
-                a, c = g.mean(axis=-1), gx.mean(axis=-1)
-                dx = g - a[:, None]
-            else:
-                a, c = (g @ w) / k, (gx @ w) / k
-                dx = g * w
-                dx -= a[:, None]
-            xp_of(g).multiply(xhat, c[:, None], out=gx)
-            dx -= gx
-            dx *= rstd
-            grads[0] = dx
-        return tuple(grads)
-
-
-def _layer_norm_kernel_backward(ctx: Context, g: Any) -> tuple[Any, ...]:
-    """dx from one kernel; dw = Σ_rows g ⊙ x̂ and db = Σ_rows g as array sums, only when wanted
-    (a frozen norm, as in PEFT, needs neither)."""
-    x, mu, rstd, w = ctx.saved_tensors
-    needs = ctx.needs_input_grad
-    if xp_of(x) is C.np:  # the CPU kernel sums dw in its pass over the rows
-        dx, dw = C.layer_norm_backward(x, g, w, mu, rstd, needs[0], w is not None and needs[1])
-        grads: list[Any] = [dx] + ([dw] if w is not None else [])
-    else:
-        grads = [K.layer_norm_backward(x, g, w, mu, rstd) if needs[0] else None]
-        if w is not None:
-            grads.append(((x - mu[:, None]) * rstd[:, None] * g).sum(axis=0) if needs[1] else None)
-    if len(needs) > len(grads):
-        grads.append(g.sum(axis=0) if needs[-1] else None)
-    return tuple(grads)
-
-
-class RMSNorm(Function):
-    """y = x̂ · w with x̂ = x / √(mean(x²) + eps) over the last axis of x (M, K) (LLaMA).
-
-    Backward, with ĝ = g ⊙ w:  dx = (ĝ - x̂ · mean(ĝ ⊙ x̂)) / rms,  dw = Σ_rows g ⊙ x̂.
-    """
-
-    @staticmethod
-    def forward(ctx: Context, x: Any, *w: Any, eps: float) -> Any:
-        xp = xp_of(x)
-        dtype = x.dtype
-        x, *w = _float32_if_half(x, *w)
-        ctx.kernel = K.enabled(xp) or C.enabled(xp)
-        if ctx.kernel:  # saves 1/rms per row, not x̂
-            y, rrms = (C if xp is C.np else K).rms_norm_forward(x, w[0] if w else None, eps)
-            ctx.save_for_backward(x, rrms, w[0] if w else None)
-            return y.astype(dtype, copy=False)
-        rrms = 1.0 / xp.sqrt(xp.square(x).mean(axis=-1, keepdims=True) + eps)  # (M, 1)
-        xhat = x * rrms
-        weight = w[0] if w else None
-        ctx.save_for_backward(xhat, rrms, weight)
-        y = xhat * weight if weight is not None else xhat
-        return y.astype(dtype, copy=False)
-
-    @staticmethod
-    def backward(ctx: Context, g: Any) -> tuple[Any, ...]:
-        (g,) = _float32_if_half(g)
-        needs = ctx.needs_input_grad
-        if ctx.kernel:
-            x, rrms, w = ctx.saved_tensors
-            if xp_of(x) is C.np:
-                dx, dw = C.rms_norm_backward(x, g, w, rrms, needs[0], w is not None and needs[1])
-                return dx if w is None else (dx, dw)
-            dx = K.rms_norm_backward(x, g, w, rrms) if needs[0] else None
-            if w is None:
-                return dx
-            return dx, ((x * rrms[:, None]) * g).sum(axis=0) if needs[1] else None
-        xhat, rrms, w = ctx.saved_tensors
-        gx = g * xhat
-        dw = gx.sum(axis=0) if (w is not None and needs[1]) else None
-        dx = None
-        if needs[0]:
-            k = xhat.shape[-1]
-            c = (gx @ w) / k if w is not None else gx.mean(axis=-1)
-            dx = g * w if w is not None else g.copy()
-            xp_of(g).multiply(xhat, c[:, None], out=gx)
-            dx -= gx
-            dx *= rrms
-        return (dx, dw) if w is not None else dx
-
-
 class Gelu(Function):
     """GELU.  "none": y = x Φ(x) = ½x(1 + erf(x/√2)), dy/dx = Φ(x) + x φ(x).
 
@@ -348,10 +218,11 @@ class Gelu(Function):
     @staticmethod
     def forward(ctx: Context, x: Any, approximate: str) -> Any:
         xp = xp_of(x)
-        if approximate == "tanh" and (K.enabled(xp) or C.enabled(xp)):
-            ctx.approximate = "kernel"  # one kernel (CPU: blocked passes); backward recomputes
+        kernel = kernels_for(xp) if approximate == "tanh" else None
+        if kernel:  # one kernel (CPU: blocked passes); the backward recomputes from x
+            ctx.approximate, ctx.kernel = "kernel", kernel
             ctx.save_for_backward(x)
-            return (C if xp is C.np else K).gelu_tanh(x).reshape(x.shape)
+            return kernel.gelu_tanh(x).reshape(x.shape)
         if approximate == "tanh":
             t = x * x
             t *= _GELU_C
@@ -373,8 +244,7 @@ class Gelu(Function):
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
         if ctx.approximate == "kernel":
-            x = ctx.saved_tensors[0]
-            return (C if xp_of(x) is C.np else K).gelu_tanh_backward(x, g)
+            return ctx.kernel.gelu_tanh_backward(ctx.saved_tensors[0], g)
         x, cdf, t = ctx.saved_tensors
         xp = xp_of(x)
         if ctx.approximate == "tanh":

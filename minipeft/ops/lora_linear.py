@@ -26,30 +26,19 @@ sends LoRA layers back to the composite (the reference; benchmarks measure both)
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 from ..autograd import Context, Function
+from .switch import Switch
 
 __all__ = ["LoraLinear", "use_merged", "fused_enabled", "use_fused"]
 
-_ON = [True]
+use_fused = Switch()  # with use_fused(False): LoRA layers run the composite
 
 
 def fused_enabled() -> bool:
     """Whether LoRA layers take this Function where it applies (on unless switched off)."""
-    return _ON[0]
-
-
-@contextlib.contextmanager
-def use_fused(on: bool) -> Iterator[None]:
-    """Within the block, LoRA layers use this Function (True) or the composite (False)."""
-    before, _ON[0] = _ON[0], bool(on)
-    try:
-        yield
-    finally:
-        _ON[0] = before
+    return use_fused.on
 
 
 def use_merged(n_rows: int, d_in: int, d_out: int) -> bool:
