@@ -99,6 +99,9 @@ class GGUFCheckpoint:
         self.metadata: dict[str, Any] = {
             k: f.contents() for k, f in self._reader.fields.items() if not k.startswith(_HEADER)
         }
+        # The reader keeps every field as numpy parts (for SmolLM2's tokenizer, ~100k small
+        # arrays: ~85 MiB); their contents are now in ``metadata``, so the parts can go.
+        self._reader.fields.clear()
         self.architecture = self.metadata.get("general.architecture")
         if self.architecture not in SUPPORTED_ARCHITECTURES:
             raise ValueError(
