@@ -126,21 +126,27 @@ def test_lora_linear_checks_its_shapes():
         F.lora_linear(x, w, mp.randn(2, 5), mp.randn(4, 2), 1.0)
 
 
+def _fused_and_composite(model, x):
+    """(ops the profiler saw, output and adapter gradients), fused LoRA layer on, then off."""
+    runs = []
+    for fused in (True, False):
+        with LL.use_fused(fused), profile() as prof:
+            y = model(x)
+            y.sum().backward()
+        grads = [p.grad.copy() for p in model.parameters() if p.requires_grad]
+        runs.append(({name for name, _ in prof.rows}, [y.numpy()] + grads))
+        model.zero_grad()
+    return runs
+
+
 def test_lora_layer_takes_the_fused_path_and_matches_the_composite():
     base = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 5))
     model = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["0", "1"],
                                             init_lora_weights=False))  # fmt: skip
     x = mp.tensor(RNG.standard_normal((300, 6)).astype("float32"))
-    outs = []
-    for fused in (True, False):
-        with LL.use_fused(fused), profile() as prof:
-            y = model(x)
-            y.sum().backward()
-        ops = {name for name, _ in prof.rows}
-        assert ("LoraLinear" in ops) == fused
-        outs.append([y.numpy()] + [p.grad.copy() for p in model.parameters() if p.requires_grad])
-        model.zero_grad()
-    _close(outs[0], outs[1], 1e-5)
+    (ops_on, fused), (ops_off, composite) = _fused_and_composite(model, x)
+    assert "LoraLinear" in ops_on and "LoraLinear" not in ops_off
+    _close(fused, composite, 1e-5)
 
 
 def test_profiler_rows_and_table():
@@ -186,13 +192,7 @@ def test_qlora_layer_takes_the_fused_path_and_matches_the_composite():
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["0", "1"],
                                             init_lora_weights=False))  # fmt: skip
     x = mp.tensor(RNG.standard_normal((50, 64)).astype("float32"))
-    outs = []
-    for fused in (True, False):
-        with LL.use_fused(fused), profile() as prof:
-            y = model(x)
-            y.sum().backward()
-        ops = {name for name, _ in prof.rows}
-        assert ("LoraLinear" in ops) == fused and ("Linear4bit" in ops) != fused
-        outs.append([y.numpy()] + [p.grad.copy() for p in model.parameters() if p.requires_grad])
-        model.zero_grad()
-    _close(outs[0], outs[1], 1e-4)
+    (ops_on, fused), (ops_off, composite) = _fused_and_composite(model, x)
+    assert "LoraLinear" in ops_on and "Linear4bit" not in ops_on
+    assert "LoraLinear" not in ops_off and "Linear4bit" in ops_off
+    _close(fused, composite, 1e-4)

@@ -22,7 +22,7 @@ LayerNorm and RMSNorm over rows x (M, K), with ĝ = g ⊙ w and means over K:
     rms_norm    x̂ = x ρ, ρ = 1/√(mean x² + eps),   y = x̂ w;      dx = ρ (ĝ - x̂ mean(ĝ x̂))
 
 keeping μ and ρ (M,) for backward, which recomputes x̂ from x (held by the graph) block by
-block, and sums dw = Σ_rows g x̂ (and db = Σ_rows g) in the same pass when they are wanted.
+block, and sums dw = Σ_rows g x̂ in the same pass when it is wanted (db = Σ_rows g is the op's).
 
 The ops take these on NumPy arrays; ``use_kernels(False)`` switches them back to their
 whole-array code, the readable reference the tests compare against.

@@ -31,14 +31,9 @@ from typing import Any
 from ..autograd import Context, Function
 from .switch import Switch
 
-__all__ = ["LoraLinear", "use_merged", "fused_enabled", "use_fused"]
+__all__ = ["LoraLinear", "use_merged", "use_fused"]
 
-use_fused = Switch()  # with use_fused(False): LoRA layers run the composite
-
-
-def fused_enabled() -> bool:
-    """Whether LoRA layers take this Function where it applies (on unless switched off)."""
-    return use_fused.on
+use_fused = Switch()  # LoRA layers take this Function where it applies; off: the composite
 
 
 def use_merged(n_rows: int, d_in: int, d_out: int) -> bool:
@@ -75,9 +70,9 @@ class LoraLinear(Function):
     def forward(ctx: Context, x: Any, w: Any, a: Any, b: Any, *bias: Any, scale: float,
                 dequantize: Any = None, state: Any = None) -> Any:  # fmt: skip
         ctx.unpack = None if dequantize is None else (dequantize, state, x.dtype)
-        ctx.save_for_backward(x.reshape(-1, x.shape[-1]), w, a, b)  # packed bytes, not Ŵ
-        w = _float_weight(ctx, w)
         x2 = x.reshape(-1, x.shape[-1])  # (N, d_in)
+        ctx.save_for_backward(x2, w, a, b)  # a packed base: its bytes, not Ŵ
+        w = _float_weight(ctx, w)
         merged = use_merged(x2.shape[0], w.shape[1], w.shape[0])
         if merged:
             y = x2 @ _merged_weight(w, a, b, scale).T

@@ -24,7 +24,7 @@ from typing import Any
 from .... import functional as F
 from ....nn import Dropout, Identity, Linear, Module, ModuleDict
 from ....nn import init as nn_init
-from ....ops.lora_linear import fused_enabled
+from ....ops.lora_linear import use_fused
 from ....tensor import Tensor
 from ...mixed_batch import current_adapter_names
 from ..base import AdditiveTunerLayer, weight_layout
@@ -168,7 +168,7 @@ class LoraLayer(AdditiveTunerLayer):
         a plain or packed Linear (Linear4bit, LinearGGUF: QLoRA), or mixed dtypes (a float16
         base, float32 adapters).
         Where it runs, it computes what the general path does, to float rounding (tested)."""
-        if not fused_enabled() or self.disable_adapters or self.merged:
+        if not use_fused.on or self.disable_adapters or self.merged:
             return None
         if current_adapter_names() is not None:
             return None
