@@ -242,9 +242,8 @@ class _Key:
     size: int
 
 
-@functools.lru_cache(maxsize=2)
-def _read_cached(key: _Key) -> GGUFCheckpoint:
-    return GGUFCheckpoint(key.path)
+_CACHE: dict[_Key, GGUFCheckpoint] = {}  # the last files read (at most _CACHED), newest last
+_CACHED = 2
 
 
 def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
@@ -255,7 +254,19 @@ def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"GGUF file not found: {path}")
     st = os.stat(path)
-    return _read_cached(_Key(path, st.st_mtime_ns, st.st_size))
+    key = _Key(path, st.st_mtime_ns, st.st_size)
+    ckpt = _CACHE.pop(key, None) or GGUFCheckpoint(path)
+    _CACHE[key] = ckpt
+    while len(_CACHE) > _CACHED:
+        del _CACHE[next(iter(_CACHE))]
+    return ckpt
+
+
+def _forget(path: str) -> None:
+    """Drop ``path``'s cached checkpoint: its memory map (the file's pages touched so far) and
+    parsed metadata (SmolLM2: ~180 MiB together) go once nothing else holds them."""
+    for key in [k for k in _CACHE if k.path == path]:
+        del _CACHE[key]
 
 
 def load_gguf_model(
@@ -315,6 +326,7 @@ def load_gguf_model(
     elif missing:
         raise ValueError(f"{ckpt.path}: tensors missing from the GGUF file: {missing}")
     model.name_or_path = ckpt.path
+    _forget(ckpt.path)  # the weights are copied out; a later read (the tokenizer) parses anew
     model.to(device)
     if dtype is not None:
         model.to(dtype)
